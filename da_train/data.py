@@ -79,7 +79,8 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as err:
-        raise DataError(f"Cannot read IDX file {path}: {err}. Delete it and fetch it again.")
+        raise DataError(
+            f"Cannot read IDX file {path}: {err}. Delete it and fetch it again.") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path} is not an IDX uint8 file (bad magic number). "
                         "Delete it and fetch it again.")
@@ -123,7 +124,7 @@ def load_mnist(root: str | Path, split: str, download: bool) -> Split:
         try:
             MNIST(str(root), train=(split == "train"), download=True)
         except Exception as err:  # network errors come in many types
-            raise DataError(_missing_mnist_message(raw_dir, f"download failed: {err}"))
+            raise DataError(_missing_mnist_message(raw_dir, f"download failed: {err}")) from err
         paths = [_find_idx(raw_dir, img_name), _find_idx(raw_dir, lbl_name)]
     if None in paths:
         raise DataError(_missing_mnist_message(raw_dir, "data.download=false"))
@@ -179,7 +180,7 @@ def load_mnistm_folder(root: str | Path, split: str) -> Split:
             with Image.open(image_dir / name) as im:
                 arr = np.asarray(im.convert("RGB"))
         except OSError as err:
-            raise DataError(f"Cannot read MNIST-M image {image_dir / name}: {err}.")
+            raise DataError(f"Cannot read MNIST-M image {image_dir / name}: {err}.") from err
         if arr.shape != (32, 32, 3):
             raise DataError(f"{image_dir / name} has shape {arr.shape}, expected 32x32 RGB.")
         images[i] = arr
@@ -239,7 +240,7 @@ def build_mnistm(root: str | Path, split: str, mnist: Split, seed: int,
         tmp.replace(cache)
     except OSError as err:
         raise DataError(f"Cannot write the MNIST-M cache {cache}: {err}. Make {cache.parent} "
-                        "writable or set data.root to a writable folder.")
+                        "writable or set data.cache_root to a writable folder.") from err
     return result
 
 

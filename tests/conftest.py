@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny but well-formed data root written by the tests themselves."""
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_root(tmp_path) -> Path:
+    """MNIST/raw with 64 train / 32 test random digits and 3 BSDS500-like photos."""
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    photos = tmp_path / "BSDS500" / "train"
+    photos.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
+            photos / f"{i}.jpg")
+    return tmp_path
+
+
+@pytest.fixture
+def real_root() -> Path:
+    root = os.environ.get("DA_DATA_ROOT")
+    if not root:
+        pytest.skip("DA_DATA_ROOT is not set (real data tests)")
+    return Path(root).resolve()

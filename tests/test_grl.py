@@ -1,0 +1,32 @@
+import math
+
+import pytest
+import torch
+
+from da_train.methods.dann import grad_reverse, grl_schedule
+from da_train.trainer import dann_lr_lambda
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0, 2.5])
+def test_grl_is_identity_forward_and_negates_gradient(lam):
+    x = torch.randn(5, 7, requires_grad=True)
+    y = grad_reverse(x, lam)
+    assert torch.equal(y, x)
+    upstream = torch.randn(5, 7)
+    y.backward(upstream)
+    assert torch.equal(x.grad, -lam * upstream)
+
+
+def test_grl_schedule_values():
+    assert grl_schedule(0.0) == 0.0
+    assert grl_schedule(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+    assert grl_schedule(0.1) == pytest.approx(0.46211715726)
+    assert grl_schedule(0.5, lam=0.3) == pytest.approx(0.3 * 0.98661429815)
+    assert grl_schedule(1.0, gamma=1.0) == pytest.approx(0.46211715726)
+
+
+def test_dann_lr_annealing_values():
+    f = dann_lr_lambda(1000, 10.0, 0.75)
+    assert f(0) == 1.0
+    assert f(1000) == pytest.approx(11 ** -0.75)
+    assert f(500) == pytest.approx(6 ** -0.75)
