@@ -188,15 +188,47 @@ def load_mnistm_folder(root: str | Path, split: str) -> Split:
                  torch.tensor(labels, dtype=torch.int64))
 
 
-def load_bsds_train(root: str | Path) -> list[np.ndarray]:
+BSDS_URL = ("http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/"
+            "BSR_bsds500.tgz")
+
+
+def download_bsds_train(root: str | Path) -> None:
+    """Fetch the BSDS500 release and keep only its 200 training photos in <root>/BSDS500/train.
+
+    No checksum is published for the archive, so none is checked; the photos are decoded
+    (and any undecodable one reported) when MNIST-M is built.
+    """
+    import shutil
+    import tempfile
+
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    folder = Path(root) / "BSDS500" / "train"
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        download_and_extract_archive(BSDS_URL, tmp)
+        photos = sorted(Path(tmp).glob("BSR/BSDS500/data/images/train/*.jpg"))
+        folder.mkdir(parents=True, exist_ok=True)
+        for photo in photos:
+            shutil.copy2(photo, folder / photo.name)
+
+
+def load_bsds_train(root: str | Path, download: bool = False) -> list[np.ndarray]:
     from PIL import Image
 
     folder = Path(root) / "BSDS500" / "train"
     files = sorted(folder.glob("*.jpg"))
+    if not files and download:
+        try:
+            download_bsds_train(root)
+        except Exception as err:  # network and archive errors come in many types
+            raise DataError(f"Downloading BSDS500 from {BSDS_URL} failed: {err}. Download it "
+                            f"by hand and copy BSR/BSDS500/data/images/train/*.jpg to "
+                            f"{folder}/, or use data.mnistm=released.") from err
+        files = sorted(folder.glob("*.jpg"))
     if not files:
         raise DataError(
             f"No BSDS500 training photos found in {folder}/*.jpg, needed by data.mnistm=build. "
-            "Download BSR_bsds500.tgz from the Berkeley segmentation page and copy "
+            f"Download {BSDS_URL} (or run with data.download=true) and copy "
             f"BSR/BSDS500/data/images/train/*.jpg to {folder}/, or use data.mnistm=released."
         )
     return [np.asarray(Image.open(f).convert("RGB")) for f in files]
@@ -222,13 +254,13 @@ def blend_mnistm(digits: np.ndarray, photos: list[np.ndarray], seed: int) -> np.
 
 
 def build_mnistm(root: str | Path, split: str, mnist: Split, seed: int,
-                 cache_root: str | Path | None = None) -> Split:
+                 cache_root: str | Path | None = None, download: bool = False) -> Split:
     """Build MNIST-M from MNIST + BSDS500 once, then reuse ``<cache_root>/mnist_m_built/``."""
     cache = Path(cache_root or root) / "mnist_m_built" / f"{split}_seed{seed}.pt"
     if cache.exists():
         stored = torch.load(cache)
         return Split(stored["images"], stored["labels"])
-    photos = load_bsds_train(root)
+    photos = load_bsds_train(root, download)
     digits = torch.nn.functional.pad(mnist.images, (2, 2, 2, 2)).numpy()
     split_seed = seed * 2 + (0 if split == "train" else 1)
     images = torch.from_numpy(blend_mnistm(digits, photos, split_seed)).permute(0, 3, 1, 2)
@@ -260,7 +292,8 @@ def load_pair(data_cfg) -> DomainPair:
 def _mnist_mnistm(cfg) -> DomainPair:
     mnist = {s: load_mnist(cfg.root, s, cfg.download) for s in ("train", "test")}
     if cfg.mnistm == "build":
-        mnistm = {s: build_mnistm(cfg.root, s, mnist[s], cfg.build_seed, cfg.cache_root)
+        mnistm = {s: build_mnistm(cfg.root, s, mnist[s], cfg.build_seed, cfg.cache_root,
+                               cfg.download)
                   for s in mnist}
     else:
         mnistm = {s: load_mnistm_folder(cfg.mnistm_dir, s) for s in ("train", "test")}
