@@ -13,7 +13,6 @@ only the target training *images*.
 from __future__ import annotations
 
 import gzip
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +25,6 @@ class DataError(RuntimeError):
 
 
 MNISTM_URL = "https://github.com/ShichengChen/Domain-Adversarial-Training-of-Neural-Networks"
-MNISTM_LABEL_SHA256 = {
-    "train": "9e1059c2131453bb9638eeea3bbf46dc552358086f3666c038b4047aaf0a6b68",
-    "test": "2e8124bc2a92b483930141f677e09cb1c5a3fe99504e05fe59877d92766d7d61",
-}
 
 
 @dataclass
@@ -274,10 +269,6 @@ def build_mnistm(root: str | Path, split: str, mnist: Split, seed: int,
         raise DataError(f"Cannot write the MNIST-M cache {cache}: {err}. Make {cache.parent} "
                         "writable or set data.cache_root to a writable folder.") from err
     return result
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # --------------------------------------------------------------------------- pairs
