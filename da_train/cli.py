@@ -23,7 +23,8 @@ from .trainer import NonFiniteLossError, Trainer, pick_device, seed_everything, 
 
 register_schema()
 
-USER_ERRORS = (ConfigError, DataError, NonFiniteLossError, RuntimeError, ValueError)
+# Only errors a user can fix are shortened to one message; a bug keeps its stack trace.
+USER_ERRORS = (ConfigError, DataError, NonFiniteLossError)
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .config import ConfigError
+
 
 class DannDigits(nn.Module):
     """The DANN paper's digit network (3x32x32 input -> 48*5*5 = 1200 features)."""
@@ -40,5 +42,5 @@ BACKBONES = {"dann_digits": DannDigits, "mlp": MLP}
 
 def build_backbone(name: str, num_classes: int) -> nn.Module:
     if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}; choices: {', '.join(BACKBONES)}.")
+        raise ConfigError(f"Unknown backbone {name!r}; choices: {', '.join(BACKBONES)}.")
     return BACKBONES[name](num_classes)

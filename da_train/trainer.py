@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from .config import ConfigError
 from .data import DomainPair, normalise
 from .methods import Method
 
@@ -33,7 +34,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but no CUDA device is available; "
+        raise ConfigError(f"trainer.device={name} but no CUDA device is available; "
                            "use trainer.device=cpu or trainer.device=auto.")
     return torch.device(name)
 

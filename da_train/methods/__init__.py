@@ -1,6 +1,7 @@
 """Method registry: ``method.name`` -> class. Add a method by adding a module and a line here
 (and a YAML file in conf/method/)."""
 
+from ..config import ConfigError
 from .base import Method, StepOutput
 from .dann import DANN
 from .source_only import SourceOnly
@@ -10,7 +11,7 @@ METHODS: dict[str, type[Method]] = {"source_only": SourceOnly, "dann": DANN}
 
 def build_method(cfg, backbone) -> Method:
     if cfg.name not in METHODS:
-        raise ValueError(f"Unknown method {cfg.name!r}; choices: {', '.join(METHODS)}.")
+        raise ConfigError(f"Unknown method {cfg.name!r}; choices: {', '.join(METHODS)}.")
     return METHODS[cfg.name](cfg, backbone)
 
 
