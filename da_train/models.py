@@ -1,24 +1,47 @@
-"""Backbones: a feature extractor and a label head, selected by ``backbone.name``."""
+"""Backbones: a feature extractor and a label head, selected by ``backbone.name``.
+
+Every backbone has ``features`` (input -> flat feature vector), ``classifier`` (features ->
+logits) and ``feature_dim``. Sizes follow the data's ``input_shape`` (C, H, W) -- found with one
+dummy forward pass at construction -- so one architecture serves 3x32x32 (MNIST -> MNIST-M)
+and 1x28x28 (MNIST 0/1 -> 2/3) inputs, and the methods' heads size themselves from
+``feature_dim``.
+"""
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from .config import ConfigError
 
 
+def _flat_dim(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Width of ``module``'s flat output for one input of ``input_shape``."""
+    with torch.no_grad():
+        return module(torch.zeros(1, *input_shape)).shape[1]
+
+
+def _channels(name: str, input_shape: tuple[int, ...]) -> int:
+    """Conv backbones need images; say so instead of failing inside a conv layer."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"Backbone {name!r} needs image inputs (C, H, W), got input shape "
+                          f"{tuple(input_shape)}; use backbone=mlp for vector data.")
+    return input_shape[0]
+
+
 class DannDigits(nn.Module):
-    """The DANN paper's digit network (3x32x32 input -> 48*5*5 = 1200 features)."""
+    """The DANN paper's digit network (3x32x32 -> 48*5*5 = 1200 features; 1x28x28 -> 768)."""
 
-    feature_dim = 48 * 5 * 5
-
-    def __init__(self, num_classes: int, in_channels: int = 3):
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int] = (3, 32, 32)):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(_channels("dann_digits", input_shape), 32, 5), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 48, 5), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(),
         )
+        self.feature_dim = _flat_dim(self.features, input_shape)
         self.classifier = nn.Sequential(
             nn.Linear(self.feature_dim, 100), nn.ReLU(),
             nn.Linear(100, 100), nn.ReLU(),
@@ -26,21 +49,47 @@ class DannDigits(nn.Module):
         )
 
 
-class MLP(nn.Module):
-    """Small MLP for toy vector data (e.g. two moons); used by tests and custom setups."""
+class LeNet(nn.Module):
+    """LeNet-style digit encoder, as used by ADDA (Tzeng et al. 2017) for MNIST-sized digits.
 
-    def __init__(self, num_classes: int, in_dim: int = 2, hidden: int = 32):
+    conv 32@5 - pool - ReLU - conv 64@5 - pool - ReLU - FC 512 - ReLU as features (512),
+    one linear layer as classifier.
+    """
+
+    feature_dim = 512
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int] = (1, 28, 28)):
+        super().__init__()
+        conv = nn.Sequential(
+            nn.Conv2d(_channels("lenet", input_shape), 32, 5), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(32, 64, 5), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Flatten(),
+        )
+        flat = _flat_dim(conv, input_shape)
+        self.features = nn.Sequential(*conv, nn.Linear(flat, self.feature_dim), nn.ReLU())
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+
+class MLP(nn.Module):
+    """Small MLP for toy vector data (e.g. two moons); any input is flattened first."""
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, ...] = (2,), hidden: int = 32):
         super().__init__()
         self.feature_dim = hidden
-        self.features = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(),
-                                      nn.Linear(hidden, hidden), nn.ReLU())
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden),
+                                      nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.classifier = nn.Linear(hidden, num_classes)
 
 
-BACKBONES = {"dann_digits": DannDigits, "mlp": MLP}
+BACKBONES = {"dann_digits": DannDigits, "lenet": LeNet, "mlp": MLP}
 
 
-def build_backbone(name: str, num_classes: int) -> nn.Module:
+def build_backbone(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """The backbone ``name`` for ``num_classes`` classes and inputs of ``input_shape``."""
     if name not in BACKBONES:
-        raise ConfigError(f"Unknown backbone {name!r}; choices: {', '.join(BACKBONES)}.")
-    return BACKBONES[name](num_classes)
+        raise ConfigError(f"Unknown backbone {name!r}; choices: {', '.join(sorted(BACKBONES))}.")
+    try:
+        return BACKBONES[name](num_classes, tuple(input_shape))
+    except RuntimeError as err:  # e.g. an image too small for two 5x5 convs and pools
+        raise ConfigError(f"Backbone {name!r} cannot take inputs of shape "
+                          f"{tuple(input_shape)}: {err}") from err

@@ -37,3 +37,16 @@ def real_root() -> Path:
     if not root:
         pytest.skip("DA_DATA_ROOT is not set (real data tests)")
     return Path(root).resolve()
+
+
+@pytest.fixture
+def digits_root(tmp_path) -> Path:
+    """MNIST/raw with known contents: image i is filled with the value i, label i % 10
+    (40 train, 20 test images), so tests can tell which images a loader kept."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        images = np.broadcast_to(np.arange(n)[:, None, None], (n, 28, 28))
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return tmp_path

@@ -1,3 +1,10 @@
+import gzip
+import io
+import os
+import tarfile
+import urllib.error
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -6,16 +13,25 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from da_train.data import (
+    BSDS_TRAIN_COUNT,
+    BSDS_TRAIN_MEMBER,
     DataError,
+    DomainPair,
+    Split,
     blend_mnistm,
     build_mnistm,
+    load_bsds_train,
     load_mnist,
     load_mnistm_folder,
     load_pair,
     mnist_to_rgb32,
     normalise,
     read_idx,
+    select_digits,
 )
+
+needs_permissions = pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores file permissions")
 
 
 def test_read_idx_roundtrip(tmp_path):
@@ -106,15 +122,89 @@ def test_build_mnistm_is_cached_and_deterministic(tiny_root, tmp_path):
     assert torch.equal(first.labels, mnist.labels)
 
 
+def _mnistm_cfg(root):
+    return OmegaConf.create({"name": "mnist_mnistm", "root": str(root), "download": False,
+                             "mnistm": "build", "mnistm_dir": str(root),
+                             "cache_root": str(root), "build_seed": 0})
+
+
 def test_pair_hides_target_training_labels(tiny_root):
-    cfg = OmegaConf.create({"name": "mnist_mnistm", "root": str(tiny_root), "download": False,
-                            "mnistm": "build", "mnistm_dir": str(tiny_root),
-                            "cache_root": str(tiny_root), "build_seed": 0})
-    pair = load_pair(cfg)
+    pair = load_pair(_mnistm_cfg(tiny_root))
     assert isinstance(pair.target_train_images, torch.Tensor)
     assert not hasattr(pair, "target_train")
-    assert [f for f in vars(pair) if "label" in f] == []
+    assert [f for f in vars(pair) if "label" in f] == ["target_train_labels"]
+    assert pair.target_train_labels is None
     assert pair.source_train.images.shape[1:] == pair.target_train_images.shape[1:]
+    assert pair.input_shape == (3, 32, 32) and pair.num_classes == 10
+
+
+def test_oracle_gets_target_training_labels(tiny_root):
+    pair = load_pair(_mnistm_cfg(tiny_root), with_target_labels=True)
+    mnist = load_mnist(tiny_root, "train", download=False)
+    assert torch.equal(pair.target_train_labels, mnist.labels)
+    moved = pair.to("cpu")
+    assert torch.equal(moved.target_train_labels, pair.target_train_labels)
+    assert moved.to("cpu").input_shape == (3, 32, 32)
+
+
+def test_to_keeps_missing_target_labels_missing():
+    split = Split(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+    pair = DomainPair(split, split.images, split, split, 2).to("cpu")
+    assert pair.target_train_labels is None and pair.input_shape == (2,)
+
+
+def test_unknown_pair_lists_choices():
+    with pytest.raises(DataError, match="mnist_mnistm, mnist01_23"):
+        load_pair(OmegaConf.create({"name": "svhn_mnist"}))
+
+
+# --------------------------------------------------------------------------- mnist01_23
+
+def _pair01_23(root, **kw):
+    cfg = OmegaConf.create({"name": "mnist01_23", "root": str(root), "download": False})
+    return load_pair(cfg, **kw)
+
+
+def test_select_digits_maps_in_given_order(digits_root):
+    split = select_digits(load_mnist(digits_root, "train", download=False), (3, 2))
+    assert split.images.shape == (8, 1, 28, 28)
+    assert split.labels.tolist() == [1, 0, 1, 0, 1, 0, 1, 0]  # 2 -> 1, 3 -> 0
+
+
+def test_mnist01_23_splits_and_labels(digits_root):
+    pair = _pair01_23(digits_root)
+    assert pair.num_classes == 2 and pair.input_shape == (1, 28, 28)
+    assert pair.target_train_labels is None
+    # image i has value i and label i % 10, so the value tells the original digit
+    digit = {name: s.images[:, 0, 0, 0].long() % 10 for name, s in
+             [("src", pair.source_train), ("src_test", pair.source_test),
+              ("tgt_test", pair.target_test)]}
+    digit["tgt"] = pair.target_train_images[:, 0, 0, 0].long() % 10
+    assert digit["src"].tolist() == [0, 1] * 4 and digit["src_test"].tolist() == [0, 1] * 2
+    assert digit["tgt"].tolist() == [2, 3] * 4 and digit["tgt_test"].tolist() == [2, 3] * 2
+    assert torch.equal(pair.source_train.labels, digit["src"])
+    assert torch.equal(pair.target_test.labels, digit["tgt_test"] - 2)
+    for images in (pair.source_train.images, pair.target_train_images, pair.target_test.images):
+        assert images.dtype == torch.uint8 and images.shape[1:] == (1, 28, 28)
+    # test splits come from the MNIST test files (values < 20), train splits from train
+    assert pair.source_test.images.max() < 20 and pair.target_train_images.max() >= 20
+
+
+def test_mnist01_23_oracle_labels_are_mapped(digits_root):
+    pair = _pair01_23(digits_root, with_target_labels=True)
+    assert pair.target_train_labels.tolist() == [0, 1] * 4
+    assert torch.equal(pair.target_train_labels,
+                       pair.target_train_images[:, 0, 0, 0].long() % 10 - 2)
+
+
+def test_real_mnist01_23_counts(real_root):
+    pair = _pair01_23(real_root, with_target_labels=True)
+    assert np.bincount(pair.source_train.labels.numpy()).tolist() == [5923, 6742]
+    assert np.bincount(pair.target_train_labels.numpy()).tolist() == [5958, 6131]
+    assert len(pair.target_train_images) == 12089
+    assert np.bincount(pair.source_test.labels.numpy()).tolist() == [980, 1135]
+    assert np.bincount(pair.target_test.labels.numpy()).tolist() == [1032, 1010]
+    assert pair.input_shape == (1, 28, 28) and pair.target_test.images.shape == (2042, 1, 28, 28)
 
 
 def test_real_mnist_and_mnistm_sample(real_root):
@@ -126,3 +216,182 @@ def test_real_mnist_and_mnistm_sample(real_root):
     assert np.bincount(sample.labels.numpy()).tolist()[:3] == [85, 126, 116]
     # MNIST-M image i is drawn from MNIST test image i: same labels
     assert torch.equal(sample.labels, test.labels[:1000])
+
+
+# --------------------------------------------------------------------------- robustness
+
+def test_bad_magic_names_file(tmp_path):
+    (tmp_path / "x").write_bytes(b"<html>not found</html>")
+    with pytest.raises(DataError, match=r"x is not an IDX uint8 file \(bad magic"):
+        read_idx(tmp_path / "x")
+
+
+def test_truncated_gz_names_file(tmp_path):
+    write_idx(tmp_path / "x", np.zeros((10, 28, 28)))
+    packed = gzip.compress((tmp_path / "x").read_bytes())
+    (tmp_path / "x.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(DataError, match=r"Cannot read IDX file .*x\.gz.*data\.download=true"):
+        read_idx(tmp_path / "x.gz")
+
+
+def test_wrong_array_in_mnist_file(digits_root):
+    raw = digits_root / "MNIST" / "raw"
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros((20, 28, 28)))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte does not hold MNIST labels"):
+        load_mnist(digits_root, "test", download=False)
+
+
+def test_missing_mnist_names_only_missing_files(digits_root):
+    raw = digits_root / "MNIST" / "raw"
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError) as err:
+        load_mnist(digits_root, "test", download=False)
+    msg = str(err.value)
+    assert str(raw / "t10k-labels-idx1-ubyte") in msg and "t10k-images" not in msg
+    assert f"da-train data.root={digits_root} data.download=true" in msg
+
+
+def _fake_download(monkeypatch, error, content=b"garbage"):
+    """Replace torchvision's downloader: write ``content`` (if any) where the file would go,
+    then raise ``error`` as torchvision does (md5 mismatch: RuntimeError)."""
+    calls = []
+
+    def fake(url, download_root, extract_root=None, filename=None, md5=None, **_):
+        calls.append(url)
+        if content is not None:
+            Path(download_root, filename).write_bytes(content)
+        raise error
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", fake)
+    return calls
+
+
+def test_mnist_md5_mismatch_becomes_data_error(tmp_path, monkeypatch):
+    calls = _fake_download(monkeypatch, RuntimeError("File not found or corrupted."))
+    with pytest.raises(DataError) as err:
+        load_mnist(tmp_path, "train", download=True)
+    msg, path = str(err.value), tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    assert f"downloaded {path} does not match its published md5" in msg
+    assert "f68b3c2dcbeaaa9fbdd348bbdeb94873" in msg and f"Delete {path}" in msg
+    assert "data.download=true" in msg
+    assert len(calls) >= 2  # every mirror was tried
+
+
+def test_mnist_network_failure_names_file(tmp_path, monkeypatch):
+    _fake_download(monkeypatch, urllib.error.URLError("no route to host"), content=None)
+    with pytest.raises(DataError, match=r"Downloading t10k-images-idx3-ubyte.gz into .* failed "
+                                        r"from every mirror \(.*no route to host"):
+        load_mnist(tmp_path, "test", download=True)
+
+
+def test_mnist_download_fetches_only_missing_files(digits_root, monkeypatch):
+    raw = digits_root / "MNIST" / "raw"
+    (raw / "train-labels-idx1-ubyte").unlink()
+    calls = _fake_download(monkeypatch, RuntimeError("File not found or corrupted."))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
+        load_mnist(digits_root, "train", download=True)
+    assert all(url.endswith("train-labels-idx1-ubyte.gz") for url in calls)
+
+
+def test_download_into_unusable_root(tmp_path, monkeypatch):
+    calls = _fake_download(monkeypatch, AssertionError("must not be called"))
+    (tmp_path / "file").write_text("a file, not a folder")  # fails even for root
+    with pytest.raises(DataError, match=r"into .*file/MNIST/raw, but that folder is not "
+                                        r"writable .*data\.root=<writable folder>"):
+        load_mnist(tmp_path / "file", "train", download=True)
+    assert calls == []
+
+
+@needs_permissions
+def test_download_into_read_only_root(tmp_path, monkeypatch):
+    _fake_download(monkeypatch, AssertionError("must not be called"))
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(DataError, match=r"MNIST/raw, but that folder is not writable"):
+            load_mnist(tmp_path, "train", download=True)
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def _cache_warning_build(tiny_root, cache_root):
+    mnist = load_mnist(tiny_root, "test", download=False)
+    with pytest.warns(UserWarning, match="Cannot write the MNIST-M cache") as record:
+        built = [build_mnistm(tiny_root, s, mnist, 0, cache_root) for s in ("test", "train")]
+    assert len([w for w in record if "MNIST-M cache" in str(w.message)]) == 1  # warned once
+    assert built[0].images.shape == (32, 3, 32, 32)
+    reference = build_mnistm(tiny_root, "test", mnist, 0, tiny_root / "ok")
+    assert torch.equal(built[0].images, reference.images)
+
+
+def test_unusable_mnistm_cache_warns_and_builds_in_memory(tiny_root):
+    (tiny_root / "file").write_text("a file, not a folder")  # fails even for root
+    _cache_warning_build(tiny_root, tiny_root / "file")
+
+
+@needs_permissions
+def test_read_only_mnistm_cache_warns_and_builds_in_memory(tiny_root, tmp_path):
+    cache_root = tiny_root / "ro"
+    cache_root.mkdir()
+    cache_root.chmod(0o555)
+    try:
+        _cache_warning_build(tiny_root, cache_root)
+    finally:
+        cache_root.chmod(0o755)
+
+
+def test_corrupt_mnistm_cache_is_rebuilt(tiny_root):
+    mnist = load_mnist(tiny_root, "test", download=False)
+    first = build_mnistm(tiny_root, "test", mnist, 0, tiny_root)
+    cache = tiny_root / "mnist_m_built" / "test_seed0.pt"
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="unreadable MNIST-M cache"):
+        again = build_mnistm(tiny_root, "test", mnist, 0, tiny_root)
+    assert torch.equal(first.images, again.images)
+    assert torch.load(cache)["images"].shape == (32, 3, 32, 32)  # rewritten
+
+
+def _fake_bsds(monkeypatch, payload):
+    def fake(url, root, filename=None, md5=None, **_):
+        Path(root, filename).write_bytes(payload)
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", fake)
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_bsds_download_unpacks_only_training_photos(tmp_path, monkeypatch):
+    photo = _jpeg()
+    members = {f"{BSDS_TRAIN_MEMBER}{i}.jpg": photo for i in range(BSDS_TRAIN_COUNT)}
+    members["BSR/BSDS500/data/images/test/x.jpg"] = photo
+    _fake_bsds(monkeypatch, _tar(members))
+    photos = load_bsds_train(tmp_path, download=True)
+    assert len(photos) == BSDS_TRAIN_COUNT and photos[0].shape == (40, 40, 3)
+    assert sorted(os.listdir(tmp_path / "BSDS500")) == ["train"]  # no leftovers
+
+
+def test_bsds_download_rejects_unreadable_archive(tmp_path, monkeypatch):
+    _fake_bsds(monkeypatch, b"<html>moved</html>")
+    with pytest.raises(DataError, match="is not a readable tar.gz"):
+        load_bsds_train(tmp_path, download=True)
+    assert not list((tmp_path / "BSDS500").glob("train/*.jpg"))
+
+
+def test_bsds_download_rejects_wrong_archive(tmp_path, monkeypatch):
+    _fake_bsds(monkeypatch, _tar({"BSR/other/1.jpg": _jpeg()}))
+    with pytest.raises(DataError, match=r"holds 0 JPEGs under BSR/BSDS500/data/images/train/, "
+                                        r"expected 200"):
+        load_bsds_train(tmp_path, download=True)

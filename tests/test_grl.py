@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from da_train.methods.dann import grad_reverse, grl_schedule
-from da_train.trainer import dann_lr_lambda
+from da_train.optim import lr_factor
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.3, 1.0, 2.5])
@@ -26,7 +26,12 @@ def test_grl_schedule_values():
 
 
 def test_dann_lr_annealing_values():
-    f = dann_lr_lambda(1000, 10.0, 0.75)
+    f = lr_factor({"schedule": "dann", "anneal_alpha": 10.0, "anneal_beta": 0.75}, 1000)
     assert f(0) == 1.0
     assert f(1000) == pytest.approx(11 ** -0.75)
     assert f(500) == pytest.approx(6 ** -0.75)
+
+
+def test_constant_schedule_is_flat():
+    f = lr_factor({"schedule": "constant"}, 1000)
+    assert f(0) == f(999) == 1.0

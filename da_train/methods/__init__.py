@@ -1,12 +1,23 @@
-"""Method registry: ``method.name`` -> class. Add a method by adding a module and a line here
-(and a YAML file in conf/method/)."""
+"""Method registry: ``method.name`` -> class. Add a method by adding a module and a line here,
+a schema in ``da_train/config.py`` and a YAML file in ``conf/method/``."""
 
 from ..config import ConfigError
-from .base import Method, StepOutput
+from .adda import ADDA
+from .base import Batch, Method, Phase, StepOutput
 from .dann import DANN
+from .ddc import DDC
+from .self_training import SelfTraining
 from .source_only import SourceOnly
+from .target_only import TargetOnly
 
-METHODS: dict[str, type[Method]] = {"source_only": SourceOnly, "dann": DANN}
+METHODS: dict[str, type[Method]] = {
+    "source_only": SourceOnly,
+    "target_only": TargetOnly,
+    "dann": DANN,
+    "ddc": DDC,
+    "adda": ADDA,
+    "self_training": SelfTraining,
+}
 
 
 def build_method(cfg, backbone) -> Method:
@@ -15,4 +26,4 @@ def build_method(cfg, backbone) -> Method:
     return METHODS[cfg.name](cfg, backbone)
 
 
-__all__ = ["METHODS", "Method", "StepOutput", "build_method"]
+__all__ = ["METHODS", "Batch", "Method", "Phase", "StepOutput", "build_method"]

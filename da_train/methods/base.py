@@ -1,10 +1,19 @@
 """The contract between the trainer and a method.
 
-A method is an ``nn.Module`` that owns the backbone plus any extra heads. Each step the
-trainer calls :meth:`Method.training_step` with a labelled source batch, an unlabelled
-target batch and the training progress ``p`` in [0, 1]; the method returns the total loss
-to minimise and a dict of scalar tensors to log (under ``train/``). The trainer never needs
-to know which method it runs.
+A method is an ``nn.Module`` that owns the backbone plus any extra heads, and describes its
+training as a list of :class:`Phase` objects. Each phase runs for a number of steps; in every
+step the trainer walks through the phase's *updates* in order (an update is one optimiser:
+``"model"`` for most methods, ``"disc"`` then ``"encoder"`` for ADDA's adversarial stage),
+asks :meth:`Method.training_step` for that update's loss, back-propagates it and steps that
+update's optimiser. The trainer never needs to know which method it runs.
+
+Batches are device tensors already normalised to [-1, 1]:
+
+- ``xs``, ``ys``: a labelled source batch;
+- ``xt``: an unlabelled target batch;
+- ``yt``: the target batch's labels, **only** for methods that declare
+  ``needs_target_labels = True`` (the train-on-target oracle); ``None`` for every UDA method,
+  and the data loader does not even load them then.
 """
 
 from __future__ import annotations
@@ -16,20 +25,81 @@ from torch import nn
 
 
 @dataclass
+class Batch:
+    xs: torch.Tensor
+    ys: torch.Tensor
+    xt: torch.Tensor
+    yt: torch.Tensor | None = None
+
+
+@dataclass
+class Phase:
+    """A stretch of training with its own optimisers (e.g. ADDA's pre-training and adaptation)."""
+
+    name: str
+    steps: int
+    updates: tuple[str, ...] = ("model",)
+
+
+@dataclass
 class StepOutput:
+    """The loss of one update and scalar tensors to log under ``train/`` (no host sync)."""
+
     loss: torch.Tensor
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Method(nn.Module):
+    #: True only for oracles trained with target labels (they are marked as such in results).
+    needs_target_labels = False
+
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
 
-    def training_step(self, xs, ys, xt, progress: float) -> StepOutput:
+    # ------------------------------------------------------------------ schedule
+    def phases(self, steps: int) -> list[Phase]:
+        """The training phases; by default one phase of ``trainer.steps`` steps."""
+        return [Phase("train", steps)]
+
+    def parameters_for(self, phase: Phase, update: str):
+        """Parameters the optimiser of ``update`` in ``phase`` may change (default: all)."""
+        return self.parameters()
+
+    def optim_overrides(self, phase: Phase, update: str) -> dict:
+        """Optimiser settings that replace the ``optim`` group's for this update (default none).
+
+        ADDA uses it for the paper's Adam settings in the adversarial stage.
+        """
+        return {}
+
+    def start_phase(self, phase: Phase) -> None:
+        """Called once when ``phase`` begins (not again on resume); e.g. copy an encoder."""
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, update: str, batch: Batch, progress: float) -> StepOutput:
+        """Loss of ``update`` for one batch; ``progress`` in [0, 1) runs over the phase."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ inference
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits for ``x`` (used for source and target evaluation)."""
         return self.backbone.classifier(self.backbone.features(x))
+
+    def predict_target(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits for target-domain images (ADDA swaps in its target encoder)."""
+        return self.predict(x)
+
+    def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        """Feature vectors for the TensorBoard projector (``domain`` is source or target)."""
+        return self.backbone.features(x)
+
+    def eval_metrics(self, target_logits: torch.Tensor,
+                     target_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra metrics computed on the target *test* split at evaluation time (default none).
+
+        Self-training reports the accuracy of its pseudo-labels here: measured on test data
+        only, so no training label is ever read.
+        """
+        return {}

@@ -43,15 +43,16 @@ class DANN(Method):
         self.domain_head = nn.Sequential(
             nn.Linear(backbone.feature_dim, 100), nn.ReLU(), nn.Linear(100, 1))
 
-    def training_step(self, xs, ys, xt, progress):
+    def training_step(self, update, batch, progress):
+        xs, ys, xt = batch.xs, batch.ys, batch.xt
         feats = self.backbone.features(torch.cat([xs, xt]))
         fs = feats[: len(xs)]
         loss_cls = F.cross_entropy(self.backbone.classifier(fs), ys)
         lam = grl_schedule(progress, self.cfg.lam, self.cfg.gamma)
         domain_logit = self.domain_head(grad_reverse(feats, lam)).squeeze(1)
-        domain = torch.cat([torch.ones(len(xs)), torch.zeros(len(xt))]).to(feats.device)
+        domain = torch.cat([feats.new_ones(len(xs)), feats.new_zeros(len(xt))])
         loss_dom = F.binary_cross_entropy_with_logits(domain_logit, domain)
         domain_acc = ((domain_logit > 0).float() == domain).float().mean()
         return StepOutput(loss_cls + loss_dom, {
             "loss_cls": loss_cls.detach(), "loss_transfer": loss_dom.detach(),
-            "domain_acc": domain_acc, "lam": torch.tensor(lam)})
+            "domain_acc": domain_acc, "lam": lam})

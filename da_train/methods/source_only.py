@@ -1,14 +1,13 @@
-"""Source-only baseline: cross-entropy on labelled source data; target batches are ignored
-(so target data never touches the model during training)."""
+"""Source-only baseline: cross-entropy on the labelled source batch; the target batch is ignored
+(it never passes through the network, so it cannot even touch normalisation statistics)."""
 
-import torch
+from __future__ import annotations
+
 import torch.nn.functional as F
 
 from .base import Method, StepOutput
 
 
 class SourceOnly(Method):
-    def training_step(self, xs, ys, xt, progress):
-        loss = F.cross_entropy(self.predict(xs), ys)
-        zero = torch.zeros((), device=loss.device)
-        return StepOutput(loss, {"loss_cls": loss.detach(), "loss_transfer": zero})
+    def training_step(self, update, batch, progress):
+        return StepOutput(F.cross_entropy(self.predict(batch.xs), batch.ys))

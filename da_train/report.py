@@ -1,0 +1,491 @@
+"""The ``da-report`` command: turn da-train run and sweep folders into one results table.
+
+``da-report outputs/`` finds every run folder below the given paths, groups the completed
+runs by (data, method, variant) and prints a Markdown table of mean ± std over seeds. Runs
+that did not complete (failed, interrupted, still running, unreadable files) are listed in a
+second table instead of being dropped, so a table with fewer seeds than launched never goes
+unnoticed. ``--md`` and ``--csv`` write the same results to files.
+
+A run folder is any directory holding ``status.json``, ``results.json`` or
+``.hydra/config.yaml``. ``status.json`` is the authority on whether a run finished: the
+trainer writes ``results.json`` first and ``status.json`` = completed last.
+
+Standard deviations are sample standard deviations (ddof=1) over seeds; a row with a single
+seed reports 0.0 in the CSV (and no ``±`` in Markdown), which is not an estimate of spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import shlex
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+PROG = "da-report"
+RUN_MARKERS = ("status.json", "results.json", ".hydra/config.yaml")
+CSV_COLUMNS = [
+    "data", "method", "seeds", "target_acc_mean", "target_acc_std", "source_acc_mean",
+    "steps", "wall_s", "variant", "source_acc_std", "wall_s_total", "oracle", "device_name",
+    "command",
+]
+# Override keys that do not change what is trained: grouping ignores them.
+BOOKKEEPING_KEYS = {
+    "seed", "method", "data", "data.root", "data.cache_root", "data.mnistm_dir",
+    "data.download", "trainer.device", "trainer.resume",
+}
+# Methods that train on target labels whatever results.json says.
+ORACLE_METHODS = {"target_only"}
+REQUIRED_RESULT_KEYS = ("method", "data", "seed", "target_acc", "source_acc")
+ERROR_CHARS = 200
+DEFAULT_TITLE = "da-train results"
+LEGEND = (
+    "Accuracies are mean ± sample std (ddof=1) over seeds, measured at the final training "
+    "step: no model selection or early stopping on target labels. A row with one seed shows "
+    "no ± (its std is 0.0 in the CSV, not an estimate). `variant` lists the overrides that "
+    "distinguish the row besides method, data and seed. Rows marked (oracle) are trained "
+    "with target labels: they are upper bounds, not UDA results. `wall s` is the mean "
+    "wall-clock time per run."
+)
+
+
+class ReportError(Exception):
+    """A problem the user can fix (bad path, nothing to report); shown without a traceback."""
+
+
+# ------------------------------------------------------------------------------ discovery
+def is_run_folder(path: Path) -> bool:
+    """da-train writes one of these markers into every run folder, even a failed one."""
+    return any((path / marker).is_file() for marker in RUN_MARKERS)
+
+
+def find_run_folders(paths) -> list[Path]:
+    """Every run folder at or below ``paths`` (recursive), each once, in a stable order.
+
+    Hidden folders (``.hydra``, ``.git``) are not descended into; symlinked folders are not
+    followed, so a link cycle cannot hang the search.
+    """
+    found: dict[Path, Path] = {}
+    for top in map(Path, paths):
+        for dirpath, dirnames, _ in os.walk(top):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            folder = Path(dirpath)
+            if is_run_folder(folder):
+                found.setdefault(folder.resolve(), folder)
+    return sorted(found.values(), key=lambda p: _natural_key(str(p)))
+
+
+def _natural_key(text: str) -> list:
+    """Sort sweep jobs 2_... before 10_... as a person would."""
+    return [(0, int(c), "") if c.isdigit() else (1, 0, c) for c in re.split(r"(\d+)", text)]
+
+
+# ------------------------------------------------------------------------------ loading
+class Unreadable(Exception):
+    """A run file exists but cannot be parsed; the run is reported, not averaged."""
+
+
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, None if the file is absent, Unreadable if corrupt."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise Unreadable(f"{path.name}: {err}") from err
+    if not isinstance(data, dict):
+        raise Unreadable(f"{path.name}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_overrides(folder: Path, results: dict) -> list[str] | None:
+    """The run's command-line overrides: results.json first, else .hydra/overrides.yaml.
+
+    None means no record at all (not the same as a run launched without overrides).
+    """
+    recorded = results.get("overrides")
+    if isinstance(recorded, list) and all(isinstance(o, str) for o in recorded):
+        return list(recorded)
+    path = folder / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise Unreadable(f".hydra/overrides.yaml: {err}") from err
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise Unreadable(".hydra/overrides.yaml: expected a list of overrides")
+    return [str(o) for o in data]
+
+
+def override_key(override: str) -> str:
+    """``+method.lam=1`` -> ``method.lam``: the key an override sets, without its prefix."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def is_hydra_override(override: str) -> bool:
+    """hydra.* overrides set output folders and launchers, not the experiment."""
+    key = override_key(override)
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def is_bookkeeping(override: str) -> bool:
+    """Seed, method/data choice, paths, device and hydra.* keys do not define a variant."""
+    return override_key(override) in BOOKKEEPING_KEYS or is_hydra_override(override)
+
+
+def variant_of(overrides: list[str]) -> str:
+    """The overrides that make this run differ from others of the same method and data."""
+    return " ".join(sorted(o for o in overrides if not is_bookkeeping(o)))
+
+
+def _is_number(value) -> bool:
+    """JSON numbers only: a bool or a string must not slip into a mean."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+        value)
+
+
+def _completed_run(folder: Path, results: dict) -> dict:
+    """One completed run as a flat dict; Unreadable if results.json lacks what we need."""
+    missing = [k for k in REQUIRED_RESULT_KEYS if k not in results]
+    if missing:
+        raise Unreadable(f"results.json: missing {', '.join(missing)}")
+    for key in ("target_acc", "source_acc"):
+        if not _is_number(results[key]):
+            raise Unreadable(f"results.json: {key} is not a number ({results[key]!r})")
+    if not isinstance(results["seed"], (int, str)) or isinstance(results["seed"], bool):
+        raise Unreadable(f"results.json: seed is not an integer ({results['seed']!r})")
+    overrides = _read_overrides(folder, results)
+    wall = results.get("wall_time_s")
+    steps = results.get("steps")
+    method = str(results["method"])
+    return {
+        "folder": folder,
+        "data": str(results["data"]),
+        "method": method,
+        "seed": results["seed"],
+        "variant": variant_of(overrides or []),
+        "overrides": overrides,
+        "target_acc": float(results["target_acc"]),
+        "source_acc": float(results["source_acc"]),
+        "steps": steps if _is_number(steps) else None,
+        "wall_time_s": float(wall) if _is_number(wall) else None,
+        "device_name": results.get("device_name") or results.get("device"),
+        "oracle": bool(results.get("oracle", False)) or method in ORACLE_METHODS,
+    }
+
+
+def _first_line(text, limit: int = ERROR_CHARS) -> str:
+    """Error messages can be long tracebacks; a table cell gets the first line only."""
+    lines = str(text or "").strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _problem(folder: Path, status: str, error: str, step=None) -> dict:
+    """One row of the 'Failed or unfinished runs' table."""
+    return {"folder": str(folder), "status": status, "error": _first_line(error), "step": step}
+
+
+def _load_one(folder: Path) -> tuple[dict | None, dict | None]:
+    """(completed run, None) or (None, problem) for one run folder."""
+    try:
+        status = _read_json(folder / "status.json")
+        results = _read_json(folder / "results.json")
+    except Unreadable as err:
+        return None, _problem(folder, "unreadable", str(err))
+    if status is None and results is None:
+        return None, _problem(folder, "unknown", "no status.json or results.json: the run "
+                              "stopped before training started, or is starting now")
+    state = str((status or results).get("status", "completed" if results else "unknown"))
+    step = (status or {}).get("step")
+    if state != "completed":
+        error = (status or {}).get("error") or _why_not_completed(state)
+        return None, _problem(folder, state, error, step)
+    if results is None:
+        return None, _problem(folder, "completed", "status.json says completed but "
+                              "results.json is missing", step)
+    try:
+        return _completed_run(folder, results), None
+    except Unreadable as err:
+        return None, _problem(folder, "unreadable", str(err), step)
+
+
+def _why_not_completed(state: str) -> str:
+    """A hint for statuses written without an error message."""
+    if state == "running":
+        return "still running, or killed before it could record a final status"
+    return ""
+
+
+def load_runs(folders) -> tuple[list[dict], list[dict]]:
+    """Split run folders into completed runs and problems; a bad file never raises."""
+    completed, problems = [], []
+    for folder in folders:
+        run, problem = _load_one(Path(folder))
+        if run is not None:
+            completed.append(run)
+        else:
+            problems.append(problem)
+    return completed, problems
+
+
+# ------------------------------------------------------------------------------ summary
+def group_runs(completed) -> dict[tuple[str, str, str], list[dict]]:
+    """Runs that differ only by seed (and bookkeeping) share a row, ordered by seed."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for run in completed:
+        groups.setdefault((run["data"], run["method"], run["variant"]), []).append(run)
+    for runs in groups.values():
+        runs.sort(key=lambda r: (_seed_key(r["seed"]), str(r["folder"])))
+    return groups
+
+
+def _std(values: list[float]) -> float:
+    """Sample std (ddof=1); 0.0 for one value, where no spread can be estimated."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _seed_key(seed) -> tuple:
+    """Numeric seeds in numeric order (2 before 10), anything else after them as text."""
+    return (0, seed, "") if _is_number(seed) else (1, 0, str(seed))
+
+
+def _unique_seeds(runs) -> list:
+    """The row's seeds in order, each once."""
+    return sorted(dict.fromkeys(r["seed"] for r in runs), key=_seed_key)
+
+
+def command_for(runs) -> str:
+    """A da-train command that re-runs this row: the first run's overrides over all seeds.
+
+    hydra.* keys and trainer.resume are dropped (they would write into or resume the old
+    folder); when no overrides were recorded, method= and data= are spelt out.
+    """
+    first = runs[0]
+    overrides = first["overrides"]
+    if overrides is None:
+        overrides = [f"method={first['method']}", f"data={first['data']}"]
+    keep = [o for o in overrides if override_key(o) not in ("seed", "trainer.resume")
+            and not is_hydra_override(o)]
+    seeds = _unique_seeds(runs)
+    words = ["da-train"] + (["-m"] if len(seeds) > 1 else [])
+    words += keep + ["seed=" + ",".join(str(s) for s in seeds)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _most_common(values):
+    """The value most runs agree on (None if no run recorded one)."""
+    present = [v for v in values if v is not None]
+    return Counter(present).most_common(1)[0][0] if present else None
+
+
+def _row(key: tuple[str, str, str], runs: list[dict]) -> dict:
+    """One table row from the runs of one (data, method, variant) group."""
+    data, method, variant = key
+    target = [r["target_acc"] for r in runs]
+    source = [r["source_acc"] for r in runs]
+    walls = [r["wall_time_s"] for r in runs if r["wall_time_s"] is not None]
+    devices = sorted({str(r["device_name"]) for r in runs if r["device_name"]})
+    return {
+        "data": data, "method": method, "seeds": len(runs),
+        "target_acc_mean": statistics.fmean(target), "target_acc_std": _std(target),
+        "source_acc_mean": statistics.fmean(source),
+        "steps": _most_common(r["steps"] for r in runs),
+        "wall_s": statistics.fmean(walls) if walls else None,
+        "variant": variant, "source_acc_std": _std(source),
+        "wall_s_total": sum(walls) if walls else None,
+        "oracle": any(r["oracle"] for r in runs), "device_name": "; ".join(devices),
+        "command": command_for(runs),
+    }
+
+
+def summarise(completed) -> list[dict]:
+    """Rows keyed by CSV_COLUMNS, sorted by data, then oracle rows last, method, variant."""
+    rows = [_row(key, runs) for key, runs in group_runs(completed).items()]
+    return sorted(rows, key=lambda r: (r["data"], r["oracle"], r["method"], r["variant"]))
+
+
+def consistency_notes(completed) -> list[str]:
+    """Things that make a mean misleading: a seed counted twice, runs of different lengths."""
+    notes = []
+    for (data, method, variant), runs in sorted(group_runs(completed).items()):
+        label = f"{data} / {method}" + (f" [{variant}]" if variant else "")
+        repeated = [s for s, n in Counter(str(r["seed"]) for r in runs).items() if n > 1]
+        if repeated:
+            notes.append(f"{label}: seed {', '.join(repeated)} appears in more than one "
+                         "folder; each folder is counted as a run.")
+        steps = sorted({r["steps"] for r in runs if r["steps"] is not None})
+        if len(steps) > 1:
+            notes.append(f"{label}: runs have different step counts "
+                         f"({', '.join(map(str, steps))}); the table shows the most common.")
+    return notes
+
+
+# ------------------------------------------------------------------------------ output
+def _cell(value) -> str:
+    """Markdown-safe table cell: pipes would split the cell, newlines end the table."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _acc(mean: float, std: float, seeds: int) -> str:
+    """``0.8176 ± 0.0052``; a single seed has no spread to show."""
+    return f"{mean:.4f} ± {std:.4f}" if seeds > 1 else f"{mean:.4f}"
+
+
+def _fmt(value, spec: str) -> str:
+    """Format a number, or an empty cell when no run recorded it."""
+    return "" if value is None else format(value, spec)
+
+
+def _markdown_row(row: dict) -> str:
+    """One results row as Markdown."""
+    method = row["method"] + (" (oracle)" if row["oracle"] else "")
+    cells = [
+        row["data"], method, row["variant"], row["seeds"],
+        _acc(row["target_acc_mean"], row["target_acc_std"], row["seeds"]),
+        _acc(row["source_acc_mean"], row["source_acc_std"], row["seeds"]),
+        _fmt(row["steps"], ""), _fmt(row["wall_s"], ".1f"), row["device_name"],
+        f"`{row['command']}`",
+    ]
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _problems_table(problems) -> list[str]:
+    """The 'Failed or unfinished runs' section, so missing seeds are visible."""
+    lines = ["## Failed or unfinished runs", ""]
+    if not problems:
+        return lines + ["None.", ""]
+    lines += ["| folder | status | step | error |", "|---|---|---|---|"]
+    for p in problems:
+        cells = [p["folder"], p["status"], "" if p["step"] is None else p["step"], p["error"]]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines + [""]
+
+
+def to_markdown(rows, problems, title: str = DEFAULT_TITLE, notes=()) -> str:
+    """The whole report: title, legend, results table, notes, failed/unfinished runs."""
+    lines = [f"# {title}", "", LEGEND, "", "## Results", ""]
+    if rows:
+        lines += [
+            "| data | method | variant | seeds | target acc | source acc | steps | wall s "
+            "| device | command |",
+            "|---|---|---|---:|---|---|---:|---:|---|---|",
+        ]
+        lines += [_markdown_row(r) for r in rows]
+    else:
+        lines.append("No completed runs.")
+    lines.append("")
+    if notes:
+        lines += ["Notes:", ""] + [f"- {_cell(n)}" for n in notes] + [""]
+    lines += _problems_table(problems)
+    return "\n".join(lines)
+
+
+def _csv_value(column: str, value) -> str:
+    """Fixed precision so CSVs diff cleanly: 4 decimals for accuracies, 1 for seconds."""
+    if value is None:
+        return ""
+    if column.endswith(("_acc_mean", "_acc_std")):
+        return f"{value:.4f}"
+    if column.startswith("wall_s"):
+        return f"{value:.1f}"
+    if column == "oracle":
+        return "true" if value else "false"
+    return str(value)
+
+
+def write_csv(rows, path) -> None:
+    """The main table as CSV, columns in CSV_COLUMNS order (required ones first)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            writer.writerow([_csv_value(c, row[c]) for c in CSV_COLUMNS])
+
+
+def write_markdown(text: str, path) -> None:
+    """Write the Markdown report, creating the parent folder if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# ------------------------------------------------------------------------------ command
+def parse_args(argv) -> argparse.Namespace:
+    """Command-line options (argparse exits with code 2 on a usage error)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Summarise da-train run and sweep folders as a Markdown (and CSV) "
+                    "table of mean ± std over seeds; failed or unfinished runs are listed.")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="run, sweep or outputs folders (searched recursively)")
+    parser.add_argument("--md", metavar="FILE", help="also write the Markdown report here")
+    parser.add_argument("--csv", metavar="FILE", help="also write the results table as CSV")
+    parser.add_argument("--title", default=DEFAULT_TITLE, help="report title (Markdown)")
+    return parser.parse_args(argv)
+
+
+def _check_paths(paths: list[str]) -> None:
+    """Fail early on a mistyped path rather than report on fewer runs than meant."""
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise ReportError(f"path does not exist: {', '.join(missing)}")
+    files = [p for p in paths if not Path(p).is_dir()]
+    if files:
+        raise ReportError(f"not a folder: {', '.join(files)}; pass the run, sweep or "
+                          "outputs folder that contains it")
+
+
+def build_report(args: argparse.Namespace) -> tuple[str, list[dict], list[str]]:
+    """(Markdown, rows, notes) for the folders named in ``args``."""
+    _check_paths(args.paths)
+    folders = find_run_folders(args.paths)
+    if not folders:
+        raise ReportError(
+            f"no run folders found under {', '.join(args.paths)}. A run folder is a "
+            "directory containing status.json, results.json or .hydra/config.yaml, as "
+            "written by da-train; pass a run folder, a sweep folder or the outputs folder.")
+    completed, problems = load_runs(folders)
+    rows = summarise(completed)
+    notes = consistency_notes(completed)
+    return to_markdown(rows, problems, args.title, notes), rows, notes
+
+
+def main(argv=None) -> int:
+    """Print the report; exit code 0 on success (failed runs included), 2 on user error."""
+    args = parse_args(argv)
+    try:
+        markdown, rows, notes = build_report(args)
+        if args.md:
+            write_markdown(markdown, args.md)
+        if args.csv:
+            write_csv(rows, args.csv)
+    except (ReportError, OSError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+    print(markdown, end="")
+    return 0
+
+
+def cli() -> None:
+    """Console-script entry point: exit with main's return code."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""da-report on synthetic run folders laid out as da-train writes them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from da_train.report import (
+    CSV_COLUMNS,
+    find_run_folders,
+    load_runs,
+    main,
+    summarise,
+    to_markdown,
+    write_csv,
+)
+
+REQUIRED_FIRST = ["data", "method", "seeds", "target_acc_mean", "target_acc_std",
+                  "source_acc_mean", "steps", "wall_s"]
+
+
+def make_run(folder: Path, *, method="dann", data="mnist_mnistm", seed=0, target=0.8,
+             source=0.98, extra=(), steps=1000, wall=10.0, status="completed",
+             error=None, step=None, oracle=None, results=True, overrides_in_results=True):
+    """Write a run folder: .hydra/{config,overrides}.yaml, status.json, results.json."""
+    overrides = [f"method={method}", f"data={data}", f"seed={seed}", *extra]
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
+    (folder / ".hydra" / "overrides.yaml").write_text(
+        "".join(f"- {o}\n" for o in overrides))
+    state = {"status": status}
+    if error is not None:
+        state["error"] = error
+    if step is not None:
+        state["step"] = step
+    (folder / "status.json").write_text(json.dumps(state))
+    if results:
+        res = {"status": "completed", "method": method, "data": data, "seed": seed,
+               "source_acc": source, "target_acc": target, "steps": steps,
+               "wall_time_s": wall, "steps_per_s": steps / wall, "device": "cpu",
+               "device_name": "x86_64", "versions": {"torch": "2.14.1"}}
+        if overrides_in_results:
+            res["overrides"] = overrides
+        if oracle is not None:
+            res["oracle"] = oracle
+        (folder / "results.json").write_text(json.dumps(res))
+    return folder
+
+
+@pytest.fixture
+def outputs(tmp_path) -> Path:
+    """outputs/ with a 3-seed dann sweep, a 2-variant sweep, single runs and broken runs."""
+    out = tmp_path / "outputs"
+    sweep = out / "multiruns" / "2026-01-01_10-00-00"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    for i, (seed, tgt, src) in enumerate([(0, 0.81, 0.985), (1, 0.82, 0.987), (2, 0.79, 0.99)]):
+        make_run(sweep / f"{i}_method=dann,seed={seed}", seed=seed, target=tgt, source=src,
+                 wall=100.0 + seed)
+    lam = out / "multiruns" / "2026-01-02_10-00-00"
+    for i, (value, seed, tgt) in enumerate([(0.3, 0, 0.7), (0.3, 1, 0.72), (1, 0, 0.6)]):
+        make_run(lam / f"{i}_method.lam={value},seed={seed}", method="ddc", seed=seed,
+                 target=tgt, extra=[f"method.lam={value}", "data.root=/x", "hydra.verbose=1"])
+    runs = out / "runs" / "2026-01-03"
+    make_run(runs / "10-00_target_only", method="target_only", target=0.96)
+    make_run(runs / "11-00_source_only", method="source_only", target=0.55, oracle=False)
+    make_run(runs / "12-00_failed", seed=5, status="failed", results=False,
+             error="Non-finite value in train/loss at step 40\nsecond line")
+    make_run(runs / "13-00_interrupted", seed=6, status="interrupted", step=1234,
+             results=False)
+    make_run(runs / "14-00_corrupt", seed=7, target=0.0)
+    (runs / "14-00_corrupt" / "results.json").write_text('{"status": "completed", "targ')
+    make_run(runs / "15-00_noresults", seed=8, results=False)
+    return out
+
+
+def row_for(rows, method, variant=""):
+    matches = [r for r in rows if r["method"] == method and r["variant"] == variant]
+    assert len(matches) == 1, rows
+    return matches[0]
+
+
+def test_find_run_folders_nested_and_deduplicated(outputs):
+    folders = find_run_folders([outputs, outputs / "runs"])
+    names = [f.name for f in folders]
+    assert len(folders) == 3 + 3 + 6
+    assert len(set(f.resolve() for f in folders)) == len(folders)
+    assert "0_method=dann,seed=0" in names and "13-00_interrupted" in names
+    assert not any(n in ("multiruns", "runs", ".hydra", "2026-01-01_10-00-00") for n in names)
+    single = outputs / "runs" / "2026-01-03" / "10-00_target_only"
+    assert find_run_folders([single]) == [single]
+
+
+def test_mean_and_std_over_three_seeds(outputs):
+    completed, _ = load_runs(find_run_folders([outputs]))
+    row = row_for(summarise(completed), "dann")
+    targets, sources = [0.81, 0.82, 0.79], [0.985, 0.987, 0.99]
+    assert row["seeds"] == 3
+    assert row["target_acc_mean"] == pytest.approx(sum(targets) / 3)
+    assert row["target_acc_std"] == pytest.approx(statistics.stdev(targets))
+    assert row["target_acc_std"] == pytest.approx(0.015275, abs=1e-6)  # ddof=1, not ddof=0
+    assert row["source_acc_mean"] == pytest.approx(sum(sources) / 3)
+    assert row["source_acc_std"] == pytest.approx(statistics.stdev(sources))
+    assert row["wall_s"] == pytest.approx(101.0)
+    assert row["wall_s_total"] == pytest.approx(303.0)
+    assert row["steps"] == 1000 and row["device_name"] == "x86_64"
+    assert row["command"] == "da-train -m method=dann data=mnist_mnistm seed=0,1,2"
+    assert row["oracle"] is False
+
+
+def test_variants_are_separate_rows_and_bookkeeping_is_ignored(outputs):
+    completed, _ = load_runs(find_run_folders([outputs]))
+    rows = summarise(completed)
+    low = row_for(rows, "ddc", "method.lam=0.3")
+    high = row_for(rows, "ddc", "method.lam=1")
+    assert low["seeds"] == 2 and low["target_acc_mean"] == pytest.approx(0.71)
+    assert high["seeds"] == 1 and high["target_acc_mean"] == pytest.approx(0.6)
+    assert high["target_acc_std"] == 0.0 and high["source_acc_std"] == 0.0
+    # hydra.* is dropped from the command; data.root is kept so the command finds the data.
+    assert low["command"] == ("da-train -m method=ddc data=mnist_mnistm method.lam=0.3 "
+                              "data.root=/x seed=0,1")
+    assert high["command"] == "da-train method=ddc data=mnist_mnistm method.lam=1 data.root=/x " \
+                              "seed=0"
+
+
+def test_problems_are_listed_and_not_averaged(outputs):
+    completed, problems = load_runs(find_run_folders([outputs]))
+    assert {r["seed"] for r in completed if r["method"] == "dann"} == {0, 1, 2}
+    by_name = {Path(p["folder"]).name: p for p in problems}
+    assert set(by_name) == {"12-00_failed", "13-00_interrupted", "14-00_corrupt",
+                            "15-00_noresults"}
+    assert by_name["12-00_failed"]["status"] == "failed"
+    assert by_name["12-00_failed"]["error"] == "Non-finite value in train/loss at step 40"
+    assert by_name["13-00_interrupted"]["status"] == "interrupted"
+    assert by_name["13-00_interrupted"]["step"] == 1234
+    assert by_name["14-00_corrupt"]["status"] == "unreadable"
+    assert "results.json" in by_name["14-00_corrupt"]["error"]
+    assert by_name["15-00_noresults"]["status"] == "completed"
+    assert "results.json is missing" in by_name["15-00_noresults"]["error"]
+    # the corrupt run had target 0.0: it must not drag the dann mean down
+    assert row_for(summarise(completed), "dann")["seeds"] == 3
+
+
+def test_error_message_is_truncated(tmp_path):
+    make_run(tmp_path / "run", status="failed", results=False, error="x" * 500)
+    _, problems = load_runs([tmp_path / "run"])
+    assert len(problems[0]["error"]) <= 200 and problems[0]["error"].startswith("xxx")
+
+
+def test_running_and_missing_fields_are_problems(tmp_path):
+    make_run(tmp_path / "a", status="running", results=False)
+    make_run(tmp_path / "b")
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    del res["target_acc"]
+    (tmp_path / "b" / "results.json").write_text(json.dumps(res))
+    (tmp_path / "c" / ".hydra").mkdir(parents=True)
+    (tmp_path / "c" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    completed, problems = load_runs(find_run_folders([tmp_path]))
+    assert completed == []
+    status = {Path(p["folder"]).name: p["status"] for p in problems}
+    assert status == {"a": "running", "b": "unreadable", "c": "unknown"}
+
+
+def test_overrides_fall_back_to_hydra_file(tmp_path):
+    make_run(tmp_path / "r", extra=["method.lam=0.5"], overrides_in_results=False)
+    completed, _ = load_runs([tmp_path / "r"])
+    assert completed[0]["variant"] == "method.lam=0.5"
+
+
+def test_oracle_marking_and_sort_order(outputs, tmp_path):
+    make_run(tmp_path / "o", method="dann", oracle=True, extra=["method.lam=0"])
+    completed, problems = load_runs(find_run_folders([outputs, tmp_path / "o"]))
+    rows = summarise(completed)
+    order = [(r["method"], r["oracle"]) for r in rows]
+    assert order == [("dann", False), ("ddc", False), ("ddc", False), ("source_only", False),
+                     ("dann", True), ("target_only", True)]
+    text = to_markdown(rows, problems, "My title")
+    assert text.startswith("# My title\n")
+    assert "target_only (oracle)" in text and "source_only (oracle)" not in text
+    assert "upper bounds" in text and "no model selection" in text
+    dann = row_for(rows, "dann")
+    assert f"| {dann['target_acc_mean']:.4f} ± {dann['target_acc_std']:.4f} |" in text
+    assert "## Failed or unfinished runs" in text and "13-00_interrupted" in text
+
+
+def test_csv_columns_and_values(outputs, tmp_path):
+    completed, _ = load_runs(find_run_folders([outputs]))
+    rows = summarise(completed)
+    path = tmp_path / "out" / "table.csv"
+    write_csv(rows, path)
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        records = [dict(zip(header, line, strict=True)) for line in reader]
+    assert header[:8] == REQUIRED_FIRST and header == CSV_COLUMNS
+    assert header[8:] == ["variant", "source_acc_std", "wall_s_total", "oracle",
+                          "device_name", "command"]
+    assert len(records) == len(rows)
+    dann = next(r for r in records if r["method"] == "dann")
+    assert dann["target_acc_mean"] == f"{statistics.fmean([0.81, 0.82, 0.79]):.4f}"
+    assert dann["target_acc_std"] == f"{statistics.stdev([0.81, 0.82, 0.79]):.4f}"
+    assert dann["seeds"] == "3" and dann["steps"] == "1000"
+    assert dann["wall_s"] == "101.0" and dann["wall_s_total"] == "303.0"
+    assert dann["oracle"] == "false" and dann["variant"] == ""
+    oracle = next(r for r in records if r["method"] == "target_only")
+    assert oracle["oracle"] == "true" and oracle["target_acc_std"] == "0.0000"
+
+
+def test_duplicate_seed_is_warned(tmp_path, capsys):
+    make_run(tmp_path / "a", seed=0, target=0.8)
+    make_run(tmp_path / "b", seed=0, target=0.9)
+    assert main([str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "seed 0 appears in more than one folder" in captured.err
+    assert "| 2 | 0.8500 ± " in captured.out
+
+
+def test_main_in_process_errors(tmp_path, capsys):
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "path does not exist" in capsys.readouterr().err
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("da-report: error: no run folders found under")
+    assert "status.json" in err and ".hydra/config.yaml" in err
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "da_train.report", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_cli_subprocess_writes_files_and_exit_codes(outputs, tmp_path):
+    md, table = tmp_path / "report.md", tmp_path / "results.csv"
+    proc = run_cli(outputs, "--md", md, "--csv", table, "--title", "Digits", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert md.read_text() == proc.stdout
+    assert proc.stdout.startswith("# Digits\n")
+    assert "12-00_failed" in proc.stdout and "Non-finite value" in proc.stdout
+    assert table.read_text().splitlines()[0].startswith(",".join(REQUIRED_FIRST))
+    assert len(table.read_text().splitlines()) == 1 + 5
+
+    proc = run_cli(tmp_path / "nope", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("da-report: error: path does not exist")
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+    (tmp_path / "empty").mkdir()
+    proc = run_cli(tmp_path / "empty", cwd=tmp_path)
+    assert proc.returncode == 2 and "no run folders found" in proc.stderr
+    assert "Traceback" not in proc.stderr
