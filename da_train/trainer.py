@@ -88,6 +88,14 @@ def predict_all(predict, images: torch.Tensor, batch_size: int) -> torch.Tensor:
                       for i in range(0, len(images), batch_size)])
 
 
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor,
+                     num_classes: int) -> torch.Tensor:
+    """Counts[true, predicted]: shows *which* classes a method confuses, e.g. a target class
+    mapped onto the wrong source class by domain alignment (see docs/results.md)."""
+    flat = labels.long() * num_classes + predicted.long()
+    return torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes).cpu()
+
+
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -226,6 +234,8 @@ class Trainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict = {}
         self.last_eval: dict[str, float] = {}
+        # rows: true target class, columns: predicted class (final, full evaluation only)
+        self.target_confusion: torch.Tensor | None = None
         self.eval_seconds = 0.0
         self.purge_step: int | None = None
 
@@ -265,6 +275,7 @@ class Trainer:
                          "target": self.target_sampler.state_dict()},
             "rng": rng_state(),
             "last_eval": self.last_eval,
+            "target_confusion": self.target_confusion,
             "eval_seconds": self.eval_seconds,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
@@ -283,6 +294,7 @@ class Trainer:
         self.target_sampler.load_state_dict(state["samplers"]["target"])
         set_rng_state(state["rng"])
         self.last_eval = state["last_eval"]
+        self.target_confusion = state.get("target_confusion")
         self.eval_seconds = state["eval_seconds"]
         self.purge_step = self.step + 1
 
@@ -307,6 +319,9 @@ class Trainer:
             "target_acc": (tgt_logits.argmax(1) == tgt.labels[:n]).float().mean(),
             **self.method.eval_metrics(tgt_logits, tgt.labels[:n]),
         }
+        if full:
+            self.target_confusion = confusion_matrix(tgt_logits.argmax(1), tgt.labels,
+                                                     tgt_logits.shape[1])
         self.method.train(was_training)
         out = {k: float(v) for k, v in metrics.items()}
         self.eval_seconds += time.perf_counter() - start
@@ -498,6 +513,8 @@ class Trainer:
             "source_acc": self.last_eval["source_acc"],
             "target_acc": self.last_eval["target_acc"],
             **{k: v for k, v in self.last_eval.items() if k not in ("source_acc", "target_acc")},
+            **({"target_confusion": self.target_confusion.tolist()}
+               if self.target_confusion is not None else {}),
             "steps": self.step,
             "phases": {p.name: p.steps for p in self.phases},
             "wall_time_s": wall,

@@ -25,6 +25,10 @@ def test_dann_run_writes_tensorboard_results_checkpoint(tiny_root, tmp_path):
     assert results["steps"] == 20 and 0 <= results["target_acc"] <= 1
     assert results["device"] == "cpu" and "torch" in results["versions"]
     assert "method=dann" in results["overrides"] and results["oracle"] is False
+    # confusion[true][predicted] over the whole target test split, consistent with target_acc
+    confusion = torch.tensor(results["target_confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == 32  # tiny_root: 32 test images
+    assert confusion.trace() / 32 == pytest.approx(results["target_acc"])
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [5, 10, 15, 20]
