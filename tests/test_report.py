@@ -27,7 +27,8 @@ REQUIRED_FIRST = ["data", "method", "seeds", "target_acc_mean", "target_acc_std"
 
 def make_run(folder: Path, *, method="dann", data="mnist_mnistm", seed=0, target=0.8,
              source=0.98, extra=(), steps=1000, wall=10.0, status="completed",
-             error=None, step=None, oracle=None, results=True, overrides_in_results=True):
+             error=None, step=None, oracle=None, results=True, overrides_in_results=True,
+             confusion=None):
     """Write a run folder: .hydra/{config,overrides}.yaml, status.json, results.json."""
     overrides = [f"method={method}", f"data={data}", f"seed={seed}", *extra]
     (folder / ".hydra").mkdir(parents=True)
@@ -49,6 +50,8 @@ def make_run(folder: Path, *, method="dann", data="mnist_mnistm", seed=0, target
             res["overrides"] = overrides
         if oracle is not None:
             res["oracle"] = oracle
+        if confusion is not None:
+            res["target_confusion"] = confusion
         (folder / "results.json").write_text(json.dumps(res))
     return folder
 
@@ -255,3 +258,34 @@ def test_cli_subprocess_writes_files_and_exit_codes(outputs, tmp_path):
     proc = run_cli(tmp_path / "empty", cwd=tmp_path)
     assert proc.returncode == 2 and "no run folders found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_per_seed_and_per_class_section(tmp_path):
+    # two seeds that map the target classes in opposite ways: the mean (0.5) hides that
+    make_run(tmp_path / "a", method="dann", data="mnist01_23", seed=0, target=0.9,
+             confusion=[[90, 10], [10, 90]])
+    make_run(tmp_path / "b", method="dann", data="mnist01_23", seed=1, target=0.1,
+             confusion=[[10, 90], [90, 10]])
+    make_run(tmp_path / "c", method="source_only", data="mnist01_23", seed=0, target=0.6,
+             confusion=[[80, 20], [60, 40]])
+    make_run(tmp_path / "d", method="ddc", seed=0, target=0.7)  # no matrix recorded
+    runs, _ = load_runs(find_run_folders([tmp_path]))
+    text = to_markdown(summarise(runs), [], "t", completed=runs)
+    section = text.split("## Per seed and per class")[1].split("## Failed")[0]
+    lines = {line.split(" | ")[1]: line for line in section.splitlines() if "seed " in line}
+    assert "seed 0: 0.9000, seed 1: 0.1000" in lines["dann"]
+    assert lines["dann"].endswith("| 0: 0.50 1: 0.50 |")
+    assert lines["source_only"].endswith("| 0: 0.80 1: 0.40 |")
+    assert lines["ddc"].endswith("| seed 0: 0.7000 |  |")
+
+
+def test_notes_file_is_appended_and_missing_file_is_an_error(outputs, tmp_path, capsys):
+    notes = tmp_path / "analysis.md"
+    notes.write_text("## What was tried\n\nLower lr.\n")
+    md = tmp_path / "report.md"
+    assert main([str(outputs), "--md", str(md), "--notes", str(notes)]) == 0
+    assert md.read_text().endswith("## What was tried\n\nLower lr.\n")
+    capsys.readouterr()
+    assert main([str(outputs), "--notes", str(tmp_path / "nope.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("da-report: error: cannot read the --notes file") and "nope.md" in err
