@@ -18,5 +18,5 @@ for pair in "${pairs[@]}"; do
       || echo "reproduce.sh: some runs of ${name} failed (listed by da-report)" >&2
   done
 done
-da-report outputs/reproduce --md docs/results.md --csv docs/results.csv \
+da-report outputs/reproduce --md docs/results.md --csv docs/results.csv --notes docs/results-notes.md \
   --title "da-train results (3 seeds, final step)"
