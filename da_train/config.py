@@ -39,6 +39,14 @@ class DannConfig:
 
 
 @dataclass
+class DannEntConfig:
+    name: str = "dann_ent"
+    lam: float = 1.0
+    gamma: float = 10.0
+    ent_weight: float = 0.1
+
+
+@dataclass
 class DdcConfig:
     name: str = "ddc"
     lam: float = 1.0
@@ -71,6 +79,7 @@ class SelfTrainingConfig:
 
 METHOD_SCHEMAS = {
     "source_only": SourceOnlyConfig, "target_only": TargetOnlyConfig, "dann": DannConfig,
+    "dann_ent": DannEntConfig,
     "ddc": DdcConfig, "adda": AddaConfig, "self_training": SelfTrainingConfig,
 }
 
@@ -171,6 +180,7 @@ RULES = [
      "one of auto, cpu, cuda, cuda:N"),
     ("method.lam", _nonneg, "a number >= 0"),
     ("method.gamma", _nonneg, "a number >= 0"),
+    ("method.ent_weight", _nonneg, "a number >= 0"),
     ("method.kernel", lambda v: v in ("rbf", "linear"), "rbf or linear"),
     ("method.kernel_num", lambda v: v >= 1, "a whole number >= 1"),
     ("method.kernel_mul", lambda v: v > 1, "a number > 1"),

@@ -71,6 +71,12 @@ def test_dann_beats_source_only(source_only, tmp_path):
     assert dann["target_acc"] > source_only["target_acc"] + 0.05, (source_only, dann)
 
 
+def test_dann_ent_beats_source_only(source_only, tmp_path):
+    model = train(toy_config("dann_ent", lam=1.0, ent_weight=0.1), tmp_path)
+    assert model["source_acc"] > 0.9
+    assert model["target_acc"] > source_only["target_acc"] + 0.05, (source_only, model)
+
+
 def test_self_training_beats_source_only(source_only, tmp_path):
     st = train(toy_config("self_training", lam=1.0, threshold=0.9, warmup_steps=500), tmp_path)
     assert st["source_acc"] > 0.9

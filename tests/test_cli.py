@@ -53,6 +53,8 @@ def test_dann_run_writes_tensorboard_results_checkpoint(tiny_root, tmp_path):
     ("source_only", "mnist01_23", ["train/loss"]),
     ("target_only", "mnist01_23", ["train/loss"]),
     ("dann", "mnist01_23", ["train/domain_acc", "train/lam"]),
+    ("dann_ent", "mnist_mnistm", ["train/entropy", "train/ent_weight", "train/domain_acc"]),
+    ("dann_ent", "mnist01_23", ["train/entropy", "train/loss_transfer"]),
     ("ddc", "mnist_mnistm", ["train/loss_transfer", "train/bandwidth_min"]),
     ("ddc", "mnist01_23", ["train/loss_transfer", "train/bandwidth_max"]),
     ("self_training", "mnist_mnistm", ["train/pl_share", "val/pseudo_label_acc"]),

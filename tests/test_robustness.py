@@ -29,6 +29,7 @@ BAD_VALUES = [
     (["method=ddc", "method.kernel=cosine"], "method.kernel", "rbf or linear"),
     (["method=ddc", "method.estimator=fast"], "method.estimator", "biased or unbiased"),
     (["method=ddc", "method.layer=conv1"], "method.layer", "features or logits"),
+    (["method=dann_ent", "method.ent_weight=-0.1"], "method.ent_weight", ">= 0"),
     (["method=self_training", "method.threshold=1.5"], "method.threshold", "[0, 1]"),
     (["method=adda", "method.adapt_steps=0"], "method.adapt_steps", "> 0"),
     (["method=adda", "method.disc_hidden=[]"], "method.disc_hidden", "non-empty"),

@@ -5,6 +5,7 @@ from ..config import ConfigError
 from .adda import ADDA
 from .base import Batch, Method, Phase, StepOutput
 from .dann import DANN
+from .dann_ent import DannEntropy
 from .ddc import DDC
 from .self_training import SelfTraining
 from .source_only import SourceOnly
@@ -14,6 +15,7 @@ METHODS: dict[str, type[Method]] = {
     "source_only": SourceOnly,
     "target_only": TargetOnly,
     "dann": DANN,
+    "dann_ent": DannEntropy,
     "ddc": DDC,
     "adda": ADDA,
     "self_training": SelfTraining,

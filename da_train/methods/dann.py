@@ -44,6 +44,10 @@ class DANN(Method):
             nn.Linear(backbone.feature_dim, 100), nn.ReLU(), nn.Linear(100, 1))
 
     def training_step(self, update, batch, progress):
+        return self.dann_step(batch, progress)[0]
+
+    def dann_step(self, batch, progress) -> tuple[StepOutput, torch.Tensor]:
+        """The DANN loss and logs, plus the target features (for methods built on DANN)."""
         xs, ys, xt = batch.xs, batch.ys, batch.xt
         feats = self.backbone.features(torch.cat([xs, xt]))
         fs = feats[: len(xs)]
@@ -53,6 +57,7 @@ class DANN(Method):
         domain = torch.cat([feats.new_ones(len(xs)), feats.new_zeros(len(xt))])
         loss_dom = F.binary_cross_entropy_with_logits(domain_logit, domain)
         domain_acc = ((domain_logit > 0).float() == domain).float().mean()
-        return StepOutput(loss_cls + loss_dom, {
+        out = StepOutput(loss_cls + loss_dom, {
             "loss_cls": loss_cls.detach(), "loss_transfer": loss_dom.detach(),
             "domain_acc": domain_acc, "lam": lam})
+        return out, feats[len(xs):]
