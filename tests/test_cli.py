@@ -8,7 +8,8 @@ from cli_helpers import da_train, small
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 DANN_TAGS = ["train/loss", "train/loss_cls", "train/loss_transfer", "train/domain_acc",
-             "train/lam", "train/lr", "train/steps_per_s", "val/source_acc", "val/target_acc"]
+             "train/lam", "train/feature_norm", "train/lr", "train/steps_per_s",
+             "val/source_acc", "val/target_acc"]
 
 
 def scalars(run_dir):

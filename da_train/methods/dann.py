@@ -57,7 +57,11 @@ class DANN(Method):
         domain = torch.cat([feats.new_ones(len(xs)), feats.new_zeros(len(xt))])
         loss_dom = F.binary_cross_entropy_with_logits(domain_logit, domain)
         domain_acc = ((domain_logit > 0).float() == domain).float().mean()
+        # feature_norm: the reversed gradient maximises an unbounded loss, so the features
+        # can grow without limit; a steep rise warns of the dead-ReLU collapse described in
+        # docs/results.md before the accuracy shows it.
         out = StepOutput(loss_cls + loss_dom, {
             "loss_cls": loss_cls.detach(), "loss_transfer": loss_dom.detach(),
-            "domain_acc": domain_acc, "lam": lam})
+            "domain_acc": domain_acc, "lam": lam,
+            "feature_norm": feats.detach().norm(dim=1).mean()})
         return out, feats[len(xs):]
