@@ -56,6 +56,8 @@ class DdcConfig:
     fix_sigma: Optional[float] = None
     estimator: str = "biased"
     layer: str = "features"
+    ramp: bool = False
+    gamma: float = 10.0
 
 
 @dataclass

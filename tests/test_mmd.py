@@ -306,6 +306,7 @@ def test_ddc_training_step(layer, kernel):
     other_mmd, _ = mmd2(*other, kernel=kernel, kernel_num=3, estimator="unbiased")
 
     logs = out.logs
+    assert logs.pop("lam") == 0.25  # no ramp by default: the constant weight
     expected_keys = {"loss_cls", "loss_transfer"}
     if kernel == "rbf":
         expected_keys |= {"bandwidth_min", "bandwidth_max"}
@@ -320,6 +321,19 @@ def test_ddc_training_step(layer, kernel):
         torch.testing.assert_close(logs["bandwidth_max"], want_bws.max())
     out.loss.backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.1, 1.0])
+def test_ddc_ramp_follows_the_dann_schedule(progress):
+    torch.manual_seed(0)
+    batch, net = toy_batch(), TinyNet()
+    flat = DDC(ddc_config(lam=2.0), net).training_step("model", batch, progress)
+    ramped = DDC(ddc_config(lam=2.0, ramp=True, gamma=10.0), net).training_step(
+        "model", batch, progress)
+    weight = 2.0 * (2 / (1 + math.exp(-10 * progress)) - 1)
+    assert ramped.logs["lam"] == pytest.approx(weight)
+    expected = flat.logs["loss_cls"] + weight * flat.logs["loss_transfer"]
+    torch.testing.assert_close(ramped.loss.detach(), expected)
 
 
 def test_ddc_passes_fix_sigma_and_lam():

@@ -9,7 +9,13 @@ bandwidths, which is this module's default. The MMD maths lives in :mod:`.mmd`.
 
 Options (``method.*``, schema ``DdcConfig`` in ``da_train/config.py``):
 
-- ``lam``: weight of the MMD^2 term (constant, no ramp-up).
+- ``lam``: weight of the MMD^2 term; constant unless ``ramp`` is true.
+- ``ramp``: raise the weight from 0 to ``lam`` with DANN's schedule
+  ``lam * (2 / (1 + exp(-gamma p)) - 1)``, ``p = step / steps``. Why: at initialisation the
+  features carry no class information yet, and a full-weight MMD on them can win against the
+  classification loss and shrink the features into the dead region of the ReLUs (a
+  10,000-step MNIST -> MNIST-M run with ``lam = 1`` from step 0 never learned the source:
+  loss_cls stayed at ln 10, see docs/results.md). The presets use the ramp.
 - ``kernel``: ``rbf`` (sum of ``kernel_num`` Gaussians ``exp(-||x - y||^2 / bw)``) or
   ``linear`` (``x . y``; the biased value is ``||mean_s - mean_t||^2``, as in DDC).
 - ``kernel_num``, ``kernel_mul``: the rbf bandwidths are
@@ -37,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Batch, Method, StepOutput
+from .dann import grl_schedule
 from .mmd import mmd2
 
 
@@ -56,8 +63,10 @@ class DDC(Method):
         loss_transfer, bandwidths = mmd2(
             aligned[:n], aligned[n:], kernel=cfg.kernel, kernel_num=cfg.kernel_num,
             kernel_mul=cfg.kernel_mul, fix_sigma=cfg.fix_sigma, estimator=cfg.estimator)
-        logs = {"loss_cls": loss_cls.detach(), "loss_transfer": loss_transfer.detach()}
+        lam = grl_schedule(progress, cfg.lam, cfg.gamma) if cfg.ramp else cfg.lam
+        logs = {"loss_cls": loss_cls.detach(), "loss_transfer": loss_transfer.detach(),
+                "lam": lam}
         if bandwidths.numel():
             logs["bandwidth_min"] = bandwidths.min().detach()
             logs["bandwidth_max"] = bandwidths.max().detach()
-        return StepOutput(loss_cls + cfg.lam * loss_transfer, logs)
+        return StepOutput(loss_cls + lam * loss_transfer, logs)
