@@ -39,10 +39,8 @@ class DannConfig:
 
 
 @dataclass
-class DannEntConfig:
+class DannEntConfig(DannConfig):
     name: str = "dann_ent"
-    lam: float = 1.0
-    gamma: float = 10.0
     ent_weight: float = 0.1
 
 

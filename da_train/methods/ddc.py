@@ -15,7 +15,7 @@ Options (``method.*``, schema ``DdcConfig`` in ``da_train/config.py``):
   features carry no class information yet, and a full-weight MMD on them can win against the
   classification loss and shrink the features into the dead region of the ReLUs (a
   10,000-step MNIST -> MNIST-M run with ``lam = 1`` from step 0 never learned the source:
-  loss_cls stayed at ln 10, see docs/results.md). The presets use the ramp.
+  loss_cls stayed at ln 10, see docs/results.md). The MNIST -> MNIST-M preset uses it.
 - ``kernel``: ``rbf`` (sum of ``kernel_num`` Gaussians ``exp(-||x - y||^2 / bw)``) or
   ``linear`` (``x . y``; the biased value is ``||mean_s - mean_t||^2``, as in DDC).
 - ``kernel_num``, ``kernel_mul``: the rbf bandwidths are
