@@ -314,14 +314,14 @@ class Trainer:
         src, tgt = data.source_test, data.target_test
         src_logits = predict_all(self.method.predict, src.images[:n], bs)
         tgt_logits = predict_all(self.method.predict_target, tgt.images[:n], bs)
+        tgt_pred = tgt_logits.argmax(1)
         metrics = {
             "source_acc": (src_logits.argmax(1) == src.labels[:n]).float().mean(),
-            "target_acc": (tgt_logits.argmax(1) == tgt.labels[:n]).float().mean(),
+            "target_acc": (tgt_pred == tgt.labels[:n]).float().mean(),
             **self.method.eval_metrics(tgt_logits, tgt.labels[:n]),
         }
         if full:
-            self.target_confusion = confusion_matrix(tgt_logits.argmax(1), tgt.labels,
-                                                     tgt_logits.shape[1])
+            self.target_confusion = confusion_matrix(tgt_pred, tgt.labels, tgt_logits.shape[1])
         self.method.train(was_training)
         out = {k: float(v) for k, v in metrics.items()}
         self.eval_seconds += time.perf_counter() - start

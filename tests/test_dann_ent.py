@@ -50,7 +50,7 @@ def test_loss_is_dann_plus_ramped_entropy(progress):
     assert float(out.loss) == pytest.approx(float(base.loss) + weight * float(entropy), rel=1e-6)
 
 
-def test_entropy_gradient_reaches_the_features_through_target_samples_only():
+def test_entropy_gradient_reaches_the_target_inputs():
     ent = method_with("dann_ent", lam=0.0, ent_weight=1.0)
     xs = torch.randn(5, 2, requires_grad=True)
     xt = torch.randn(4, 2, requires_grad=True)
