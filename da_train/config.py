@@ -45,6 +45,14 @@ class DannEntConfig(DannConfig):
 
 
 @dataclass
+class DannPLConfig(DannEntConfig):
+    name: str = "dann_pl"
+    pl_weight: float = 1.0
+    threshold: float = 0.95
+    pl_start: float = 0.3
+
+
+@dataclass
 class DdcConfig:
     name: str = "ddc"
     lam: float = 1.0
@@ -79,7 +87,7 @@ class SelfTrainingConfig:
 
 METHOD_SCHEMAS = {
     "source_only": SourceOnlyConfig, "target_only": TargetOnlyConfig, "dann": DannConfig,
-    "dann_ent": DannEntConfig,
+    "dann_ent": DannEntConfig, "dann_pl": DannPLConfig,
     "ddc": DdcConfig, "adda": AddaConfig, "self_training": SelfTrainingConfig,
 }
 
@@ -94,6 +102,7 @@ class DataConfig:
     mnistm_dir: str = "data"
     cache_root: str = "data"
     build_seed: int = 0
+    normalize: str = "global"
 
 
 @dataclass
@@ -181,6 +190,8 @@ RULES = [
     ("method.lam", _nonneg, "a number >= 0"),
     ("method.gamma", _nonneg, "a number >= 0"),
     ("method.ent_weight", _nonneg, "a number >= 0"),
+    ("method.pl_weight", _nonneg, "a number >= 0"),
+    ("method.pl_start", _prob, "a fraction of training in [0, 1]"),
     ("method.kernel", lambda v: v in ("rbf", "linear"), "rbf or linear"),
     ("method.kernel_num", lambda v: v >= 1, "a whole number >= 1"),
     ("method.kernel_mul", lambda v: v > 1, "a number > 1"),
@@ -206,6 +217,7 @@ RULES = [
     ("optim.anneal_alpha", _nonneg, "a number >= 0"),
     ("optim.anneal_beta", _nonneg, "a number >= 0"),
     ("data.mnistm", lambda v: v in ("released", "build"), "released or build"),
+    ("data.normalize", lambda v: v in ("global", "instance"), "global or instance"),
 ]
 
 

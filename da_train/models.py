@@ -49,6 +49,28 @@ class DannDigits(nn.Module):
         )
 
 
+class DannDigitsBN(DannDigits):
+    """The DANN digit network with BatchNorm after each convolution (before the ReLU).
+
+    Why: under gradient reversal the plain network's features can grow without bound until
+    the label head's ReLUs die (the collapse in docs/results-notes.md); BatchNorm keeps the
+    feature scale fixed and is the usual way to make this network train reliably. BatchNorm
+    sits only in the feature extractor, which DANN-style methods run once over the joint
+    source + target batch, so both domains share its statistics (no hidden AdaBN); the label
+    head has none, because methods call it on source and target features separately.
+    Source-only and target-only runs feed one domain, so their statistics stay in-domain.
+    """
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int] = (3, 32, 32)):
+        super().__init__(num_classes, input_shape)
+        self.features = nn.Sequential(
+            nn.Conv2d(_channels("dann_digits_bn", input_shape), 32, 5), nn.BatchNorm2d(32),
+            nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 48, 5), nn.BatchNorm2d(48), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+
+
 class LeNet(nn.Module):
     """LeNet-style digit encoder, as used by ADDA (Tzeng et al. 2017) for MNIST-sized digits.
 
@@ -81,7 +103,8 @@ class MLP(nn.Module):
         self.classifier = nn.Linear(hidden, num_classes)
 
 
-BACKBONES = {"dann_digits": DannDigits, "lenet": LeNet, "mlp": MLP}
+BACKBONES = {"dann_digits": DannDigits, "dann_digits_bn": DannDigitsBN, "lenet": LeNet,
+             "mlp": MLP}
 
 
 def build_backbone(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:

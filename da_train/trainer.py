@@ -11,6 +11,7 @@ there (no per-sample Python work); metrics are accumulated on the device and onl
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +84,10 @@ def set_rng_state(state: dict) -> None:
 
 
 @torch.no_grad()
-def predict_all(predict, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def predict_all(predict, images: torch.Tensor, batch_size: int,
+                norm: Callable[[torch.Tensor], torch.Tensor] = normalise) -> torch.Tensor:
     """Logits for a whole split in large batches (no host sync)."""
-    return torch.cat([predict(normalise(images[i: i + batch_size])).float()
+    return torch.cat([predict(norm(images[i: i + batch_size])).float()
                       for i in range(0, len(images), batch_size)])
 
 
@@ -214,6 +217,7 @@ class Trainer:
         elif self.tcfg.tune_malloc:
             keep_freed_memory()
         self.data = data.to(device)
+        self.normalise = functools.partial(normalise, mode=cfg.data.normalize)
         self.method = method.to(device)
         if self.tcfg.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -312,8 +316,8 @@ class Trainer:
         bs, data = self.tcfg.eval_batch_size, self.data
         n = None if full or self.tcfg.eval_samples == 0 else self.tcfg.eval_samples
         src, tgt = data.source_test, data.target_test
-        src_logits = predict_all(self.method.predict, src.images[:n], bs)
-        tgt_logits = predict_all(self.method.predict_target, tgt.images[:n], bs)
+        src_logits = predict_all(self.method.predict, src.images[:n], bs, self.normalise)
+        tgt_logits = predict_all(self.method.predict_target, tgt.images[:n], bs, self.normalise)
         tgt_pred = tgt_logits.argmax(1)
         metrics = {
             "source_acc": (src_logits.argmax(1) == src.labels[:n]).float().mean(),
@@ -332,9 +336,9 @@ class Trainer:
         data = self.data
         # index_select: the same gather as images[idx], about 10x cheaper per call on CPU
         yt = data.target_train_labels[tgt] if self.method.needs_target_labels else None
-        return Batch(normalise(data.source_train.images.index_select(0, src)),
+        return Batch(self.normalise(data.source_train.images.index_select(0, src)),
                      data.source_train.labels.index_select(0, src),
-                     normalise(data.target_train_images.index_select(0, tgt)), yt)
+                     self.normalise(data.target_train_images.index_select(0, tgt)), yt)
 
     def _train_step(self, sums: dict, first_bad: dict) -> None:
         """One step: every update of the current phase, in order. Nothing here syncs."""
@@ -418,7 +422,7 @@ class Trainer:
             for domain, split in (("source", self.data.source_test),
                                   ("target", self.data.target_test)):
                 x = split.images[:n]
-                feats.append(self.method.embed(normalise(x), domain).float().flatten(1).cpu())
+                feats.append(self.method.embed(self.normalise(x), domain).float().flatten(1).cpu())
                 meta += [[domain, str(int(y))] for y in split.labels[:n].cpu()]
                 img = x.float().cpu() / 255.0
                 images.append(img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img)

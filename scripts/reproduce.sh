@@ -1,22 +1,44 @@
 #!/usr/bin/env bash
 # Reproduce the results table: every preset in conf/experiment/ with 3 seeds, then da-report.
 # Usage: DA_DATA_ROOT=<data folder> bash scripts/reproduce.sh [pair ...]
-#   pair: mnist01_23 and/or mnist_mnistm (default: both). Extra da-train overrides can be
-#   passed in DA_TRAIN_ARGS (e.g. DA_TRAIN_ARGS="trainer.device=cuda").
+# The built MNIST-M is cached in ./data (data.cache_root), so a read-only DA_DATA_ROOT works
+# and only the first run builds it.
+#   pair: mnist01_23 and/or mnist_mnistm (default: both). SEEDS=0,1 changes the seeds; extra
+#   da-train overrides can be passed in DA_TRAIN_ARGS (e.g. DA_TRAIN_ARGS="trainer.device=cuda").
 # Output: outputs/reproduce/<pair>/ (run folders), docs/results.md and docs/results.csv.
 set -euo pipefail
 pairs=("${@:-mnist01_23 mnist_mnistm}")
 read -r -a pairs <<< "${pairs[*]}"
 seeds=${SEEDS:-0,1,2}
+
 for pair in "${pairs[@]}"; do
   for preset in da_train/conf/experiment/*_"${pair}".yaml; do
     name=$(basename "${preset}" .yaml)
     method=${name%_"${pair}"}
+    cache=(); [ "${pair}" = mnist_mnistm ] && cache=(data.cache_root=data)
     # shellcheck disable=SC2086
-    da-train -m "experiment=${name}" "method=${method}" "seed=${seeds}" data.download=false \
+    da-train -m "experiment=${name}" "method=${method}" "seed=${seeds}" data.download=false "${cache[@]}" \
       "hydra.sweep.dir=outputs/reproduce/${pair}/${name}" ${DA_TRAIN_ARGS:-} \
       || echo "reproduce.sh: some runs of ${name} failed (listed by da-report)" >&2
   done
 done
+# Variant rows of docs/results.md: "<pair> <preset> <folder suffix> <override>..." (a preset
+# run with extra overrides, e.g. another input normalisation). VARIANTS=0 skips them.
+variants=(
+  "mnist_mnistm dann_mnist_mnistm wd5e-4 optim.weight_decay=0.0005"
+  "mnist_mnistm source_only_mnist_mnistm instance data.normalize=instance"
+  "mnist_mnistm dann_mnist_mnistm instance data.normalize=instance"
+  "mnist_mnistm dann_ent_mnist_mnistm instance data.normalize=instance"
+)
+if [ "${VARIANTS:-1}" != 0 ]; then
+  for variant in "${variants[@]}"; do
+    read -r pair name suffix overrides <<< "${variant}"
+    [[ " ${pairs[*]} " == *" ${pair} "* ]] || continue
+    # shellcheck disable=SC2086
+    da-train -m "experiment=${name}" "method=${name%_"${pair}"}" "seed=${seeds}" ${overrides} \
+      data.download=false data.cache_root=data "hydra.sweep.dir=outputs/reproduce/${pair}/${name}_${suffix}" \
+      ${DA_TRAIN_ARGS:-} || echo "reproduce.sh: some runs of ${name} ${overrides} failed" >&2
+  done
+fi
 da-report outputs/reproduce --md docs/results.md --csv docs/results.csv --notes docs/results-notes.md \
   --title "da-train results (3 seeds, final step)"

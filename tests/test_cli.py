@@ -56,6 +56,8 @@ def test_dann_run_writes_tensorboard_results_checkpoint(tiny_root, tmp_path):
     ("dann", "mnist01_23", ["train/domain_acc", "train/lam"]),
     ("dann_ent", "mnist_mnistm", ["train/entropy", "train/ent_weight", "train/domain_acc"]),
     ("dann_ent", "mnist01_23", ["train/entropy", "train/loss_transfer"]),
+    ("dann_pl", "mnist_mnistm", ["train/loss_pl", "train/pl_share", "train/entropy",
+                                 "val/pseudo_label_acc"]),
     ("ddc", "mnist_mnistm", ["train/loss_transfer", "train/bandwidth_min"]),
     ("ddc", "mnist01_23", ["train/loss_transfer", "train/bandwidth_max"]),
     ("self_training", "mnist_mnistm", ["train/pl_share", "val/pseudo_label_acc"]),

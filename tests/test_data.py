@@ -395,3 +395,24 @@ def test_bsds_download_rejects_wrong_archive(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"holds 0 JPEGs under BSR/BSDS500/data/images/train/, "
                                         r"expected 200"):
         load_bsds_train(tmp_path, download=True)
+
+
+def test_global_normalisation_maps_uint8_to_minus_one_one():
+    images = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 1, 1, 3)
+    assert normalise(images).flatten().tolist() == pytest.approx([-1.0, 1.0, -0.6])
+    toy = torch.randn(4, 2)
+    assert normalise(toy, "instance") is toy  # float (toy) inputs pass through
+
+
+def test_instance_normalisation_standardises_each_image_channel():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 3, 8, 8), generator=g, dtype=torch.uint8)
+    images[1, 2] = 7  # a flat channel
+    x = normalise(images, "instance")
+    mean, std = x.mean(dim=(2, 3)), x.std(dim=(2, 3))
+    assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-5)
+    assert torch.allclose(std[0], torch.ones(3), atol=1e-3)
+    assert torch.equal(x[1, 2], torch.zeros(8, 8))  # flat -> 0, not NaN
+    # invariant to each image's brightness and contrast (the colour cast of MNIST-M)
+    brighter = (images.float() * 0.5 + 60).round().to(torch.uint8)
+    assert torch.allclose(normalise(brighter, "instance")[0], x[0], atol=0.02)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from da_train.methods.dann import grad_reverse, grl_schedule
+from da_train.methods.dann import grad_reverse, sigmoid_ramp
 from da_train.optim import lr_factor
 
 
@@ -17,12 +17,12 @@ def test_grl_is_identity_forward_and_negates_gradient(lam):
     assert torch.equal(x.grad, -lam * upstream)
 
 
-def test_grl_schedule_values():
-    assert grl_schedule(0.0) == 0.0
-    assert grl_schedule(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
-    assert grl_schedule(0.1) == pytest.approx(0.46211715726)
-    assert grl_schedule(0.5, lam=0.3) == pytest.approx(0.3 * 0.98661429815)
-    assert grl_schedule(1.0, gamma=1.0) == pytest.approx(0.46211715726)
+def test_sigmoid_ramp_values():
+    assert sigmoid_ramp(0.0) == 0.0
+    assert sigmoid_ramp(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+    assert sigmoid_ramp(0.1) == pytest.approx(0.46211715726)
+    assert sigmoid_ramp(0.5, lam=0.3) == pytest.approx(0.3 * 0.98661429815)
+    assert sigmoid_ramp(1.0, gamma=1.0) == pytest.approx(0.46211715726)
 
 
 def test_dann_lr_annealing_values():

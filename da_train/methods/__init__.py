@@ -6,6 +6,7 @@ from .adda import ADDA
 from .base import Batch, Method, Phase, StepOutput
 from .dann import DANN
 from .dann_ent import DannEntropy
+from .dann_pl import DannPseudoLabel
 from .ddc import DDC
 from .self_training import SelfTraining
 from .source_only import SourceOnly
@@ -16,6 +17,7 @@ METHODS: dict[str, type[Method]] = {
     "target_only": TargetOnly,
     "dann": DANN,
     "dann_ent": DannEntropy,
+    "dann_pl": DannPseudoLabel,
     "ddc": DDC,
     "adda": ADDA,
     "self_training": SelfTraining,

@@ -32,8 +32,10 @@ def grad_reverse(x: torch.Tensor, lam: float) -> torch.Tensor:
     return _ReverseGrad.apply(x, lam)
 
 
-def grl_schedule(progress: float, lam: float = 1.0, gamma: float = 10.0) -> float:
-    """The DANN paper's ramp from 0 (p=0) towards ``lam`` (p=1)."""
+def sigmoid_ramp(progress: float, lam: float = 1.0, gamma: float = 10.0) -> float:
+    """The DANN paper's ramp ``lam * (2 / (1 + exp(-gamma p)) - 1)`` from 0 (p=0) towards
+    ``lam`` (p=1): DANN's GRL coefficient, and the weight ramp that dann_ent's entropy term and
+    DDC's ``method.ramp`` reuse."""
     return lam * (2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0)
 
 
@@ -52,7 +54,7 @@ class DANN(Method):
         feats = self.backbone.features(torch.cat([xs, xt]))
         fs = feats[: len(xs)]
         loss_cls = F.cross_entropy(self.backbone.classifier(fs), ys)
-        lam = grl_schedule(progress, self.cfg.lam, self.cfg.gamma)
+        lam = sigmoid_ramp(progress, self.cfg.lam, self.cfg.gamma)
         domain_logit = self.domain_head(grad_reverse(feats, lam)).squeeze(1)
         domain = torch.cat([feats.new_ones(len(xs)), feats.new_zeros(len(xt))])
         loss_dom = F.binary_cross_entropy_with_logits(domain_logit, domain)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import StepOutput
-from .dann import DANN, grl_schedule
+from .dann import DANN, sigmoid_ramp
 
 
 def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -27,8 +27,14 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 class DannEntropy(DANN):
     def training_step(self, update, batch, progress):
+        return self.dann_ent_step(batch, progress)[0]
+
+    def dann_ent_step(self, batch, progress) -> tuple[StepOutput, torch.Tensor]:
+        """The loss and logs, plus the target logits (for methods built on this one)."""
         out, target_features = self.dann_step(batch, progress)
-        entropy = mean_entropy(self.backbone.classifier(target_features))
-        weight = grl_schedule(progress, self.cfg.ent_weight, self.cfg.gamma)
-        return StepOutput(out.loss + weight * entropy,
-                          {**out.logs, "entropy": entropy.detach(), "ent_weight": weight})
+        target_logits = self.backbone.classifier(target_features)
+        entropy = mean_entropy(target_logits)
+        weight = sigmoid_ramp(progress, self.cfg.ent_weight, self.cfg.gamma)
+        out = StepOutput(out.loss + weight * entropy,
+                         {**out.logs, "entropy": entropy.detach(), "ent_weight": weight})
+        return out, target_logits

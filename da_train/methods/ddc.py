@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Batch, Method, StepOutput
-from .dann import grl_schedule
+from .dann import sigmoid_ramp
 from .mmd import mmd2
 
 
@@ -63,7 +63,7 @@ class DDC(Method):
         loss_transfer, bandwidths = mmd2(
             aligned[:n], aligned[n:], kernel=cfg.kernel, kernel_num=cfg.kernel_num,
             kernel_mul=cfg.kernel_mul, fix_sigma=cfg.fix_sigma, estimator=cfg.estimator)
-        lam = grl_schedule(progress, cfg.lam, cfg.gamma) if cfg.ramp else cfg.lam
+        lam = sigmoid_ramp(progress, cfg.lam, cfg.gamma) if cfg.ramp else cfg.lam
         logs = {"loss_cls": loss_cls.detach(), "loss_transfer": loss_transfer.detach(),
                 "lam": lam}
         if bandwidths.numel():
