@@ -86,9 +86,6 @@ class DomainPair:
         )
 
 
-NORMALISATIONS = ("global", "instance")
-
-
 def normalise(images: torch.Tensor, mode: str = "global") -> torch.Tensor:
     """uint8 images -> float; float inputs (toy data) pass through unchanged.
 

@@ -29,6 +29,7 @@ variants=(
   "mnist_mnistm source_only_mnist_mnistm instance data.normalize=instance"
   "mnist_mnistm dann_mnist_mnistm instance data.normalize=instance"
   "mnist_mnistm dann_ent_mnist_mnistm instance data.normalize=instance"
+  "mnist_mnistm dann_mnist_mnistm instance_20k data.normalize=instance trainer.steps=20000"
 )
 if [ "${VARIANTS:-1}" != 0 ]; then
   for variant in "${variants[@]}"; do
