@@ -1,0 +1,57 @@
+"""scripts/reproduce.sh: which da-train commands it issues (da-train and da-report are
+replaced by stubs that only print their arguments, so nothing trains)."""
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def commands(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("da-train", "da-report"):
+        stub = bin_dir / name
+        stub.write_text(f'#!/bin/sh\necho "{name} $*"\n')
+        stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+
+    def run(*pairs, **env):
+        if shutil.which("bash") is None:
+            pytest.skip("bash not available")
+        proc = subprocess.run(
+            ["bash", "scripts/reproduce.sh", *pairs], cwd=ROOT, capture_output=True, text=True,
+            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()
+    return run
+
+
+def test_every_preset_of_the_pair_runs_with_three_seeds_and_the_report_follows(commands):
+    lines = commands("mnist01_23")
+    presets = sorted(p.stem for p in (ROOT / "da_train/conf/experiment").glob("*_mnist01_23.yaml"))
+    runs = [line for line in lines if line.startswith("da-train")]
+    assert len(runs) == len(presets)  # the variant rows are all MNIST -> MNIST-M
+    for preset in presets:
+        method = preset.removesuffix("_mnist01_23")
+        [line] = [r for r in runs if f"experiment={preset} " in r]
+        assert f"experiment={preset} method={method} seed=0,1,2 data.download=false" in line
+        assert f"hydra.sweep.dir=outputs/reproduce/mnist01_23/{preset}" in line
+        assert "data.cache_root" not in line
+    assert lines[-1].startswith("da-report outputs/reproduce --md docs/results.md")
+
+
+def test_mnistm_runs_cache_the_built_dataset_and_include_the_variant_rows(commands):
+    runs = [line for line in commands("mnist_mnistm", SEEDS="0") if line.startswith("da-train")]
+    assert all("data.cache_root=data" in line and "seed=0 " in line for line in runs)
+    variant = [line for line in runs if "dann_mnist_mnistm_instance_20k" in line]
+    assert len(variant) == 1
+    assert "experiment=dann_mnist_mnistm method=dann seed=0 data.normalize=instance " \
+           "trainer.steps=20000" in variant[0]
+    assert not [line for line in commands("mnist_mnistm", VARIANTS="0")
+                if "data.normalize=instance" in line]
