@@ -1,0 +1,45 @@
+"""Datasets as device-resident uint8 tensors.
+
+Two digit pairs (``data.name``):
+
+* ``mnist_mnistm``: MNIST -> MNIST-M, both uint8 ``N x 3 x 32 x 32`` (MNIST is zero-padded
+  from 28 to 32 and its grey channel repeated, so source and target share one network input).
+* ``mnist01_23``: MNIST digits 0/1 -> MNIST digits 2/3 (labels 2 -> 0, 3 -> 1), the ADDA
+  blog's toy shift; uint8 ``N x 1 x 28 x 28``, no padding, 2 classes.
+
+Batches are drawn by index on the training device and turned into floats there:
+``x = (uint8 / 255 - 0.5) / 0.5`` for both domains (one normalisation shared by the two
+domains, as in the DANN setup, so no domain gets its own statistics).
+
+Target training labels are never handed to a domain-adaptation method:
+:class:`DomainPair` carries them only when ``load_pair(..., with_target_labels=True)`` asks for
+them (the ``target_only`` oracle); otherwise ``target_train_labels`` is ``None``.
+"""
+
+from .core import DataError, DomainPair, Split, normalise
+from .mnist import (
+    MNIST_FILES,
+    download_mnist,
+    load_mnist,
+    mnist_to_rgb32,
+    read_idx,
+    select_digits,
+)
+from .mnistm import (
+    BSDS_TRAIN_COUNT,
+    BSDS_TRAIN_MEMBER,
+    BSDS_URL,
+    blend_mnistm,
+    build_mnistm,
+    download_bsds_train,
+    load_bsds_train,
+    load_mnistm_folder,
+)
+from .pairs import PAIRS, load_pair
+
+__all__ = [
+    "BSDS_TRAIN_COUNT", "BSDS_TRAIN_MEMBER", "BSDS_URL", "MNIST_FILES", "PAIRS", "DataError",
+    "DomainPair", "Split", "blend_mnistm", "build_mnistm", "download_bsds_train",
+    "download_mnist", "load_bsds_train", "load_mnist", "load_mnistm_folder", "load_pair",
+    "mnist_to_rgb32", "normalise", "read_idx", "select_digits",
+]

@@ -1,0 +1,97 @@
+"""What every dataset module shares: the split/pair containers, the data error and the
+on-device normalisation."""
+
+from __future__ import annotations
+
+import http.client
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+class DataError(RuntimeError):
+    """Missing or malformed data files; the message says which and how to fix it."""
+
+
+# What a failed download can raise: URLError/HTTPError/socket errors are OSErrors, torchvision
+# reports a failed md5 check as RuntimeError, a dropped connection can be an HTTPException.
+DOWNLOAD_ERRORS = (OSError, RuntimeError, http.client.HTTPException)
+
+
+@dataclass
+class Split:
+    """Images (uint8, N x C x H x W) and integer labels of one split of one domain."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class DomainPair:
+    """What the trainer sees: labelled source, unlabelled target train, and test splits.
+
+    ``target_train_labels`` is ``None`` unless the oracle asked for it (see :func:`load_pair`).
+    """
+
+    source_train: Split
+    target_train_images: torch.Tensor
+    source_test: Split
+    target_test: Split
+    num_classes: int
+    target_train_labels: torch.Tensor | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one source image ((d,) for vector toy data): sizes the backbone."""
+        return tuple(self.source_train.images.shape[1:])
+
+    def to(self, device) -> DomainPair:
+        labels = self.target_train_labels
+        return DomainPair(
+            self.source_train.to(device),
+            self.target_train_images.to(device),
+            self.source_test.to(device),
+            self.target_test.to(device),
+            self.num_classes,
+            None if labels is None else labels.to(device),
+        )
+
+
+def normalise(images: torch.Tensor, mode: str = "global") -> torch.Tensor:
+    """uint8 images -> float; float inputs (toy data) pass through unchanged.
+
+    ``global`` (default, the DANN setup): ``x / 127.5 - 1`` in [-1, 1], the same affine map for
+    both domains. ``instance``: then each image's channels are standardised to zero mean and
+    unit variance over their pixels, the "instance-normalised input" of VADA / DIRT-T (Shu et
+    al. 2018): it removes each image's own colour cast and contrast, a large part of the
+    MNIST -> MNIST-M shift, and needs no statistics from either domain. A flat channel (e.g. an
+    all-black image) becomes 0 rather than dividing by zero.
+    """
+    if images.dtype != torch.uint8:
+        return images
+    x = images.float().div_(127.5).sub_(1.0)
+    if mode == "instance":
+        var, mean = torch.var_mean(x, dim=(-2, -1), keepdim=True)
+        x = (x - mean) / (var + 1e-6).sqrt()
+    return x
+
+
+def _require_writable(folder: Path, what: str) -> None:
+    """Fail before a download starts, not after it, when ``folder`` cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise DataError(
+            f"{what} must be downloaded into {folder}, but that folder is not writable ({err}). "
+            "Run with data.root=<writable folder> (or set DA_DATA_ROOT to one), or put the "
+            "files there by hand."
+        ) from err
+
+
