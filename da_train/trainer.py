@@ -11,7 +11,6 @@ there (no per-sample Python work); metrics are accumulated on the device and onl
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -217,7 +216,6 @@ class Trainer:
         elif self.tcfg.tune_malloc:
             keep_freed_memory()
         self.data = data.to(device)
-        self.normalise = functools.partial(normalise, mode=cfg.data.normalize)
         self.method = method.to(device)
         if self.tcfg.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -316,8 +314,9 @@ class Trainer:
         bs, data = self.tcfg.eval_batch_size, self.data
         n = None if full or self.tcfg.eval_samples == 0 else self.tcfg.eval_samples
         src, tgt = data.source_test, data.target_test
-        src_logits = predict_all(self.method.predict, src.images[:n], bs, self.normalise)
-        tgt_logits = predict_all(self.method.predict_target, tgt.images[:n], bs, self.normalise)
+        view = self.data.eval_view
+        src_logits = predict_all(self.method.predict, src.images[:n], bs, view)
+        tgt_logits = predict_all(self.method.predict_target, tgt.images[:n], bs, view)
         tgt_pred = tgt_logits.argmax(1)
         metrics = {
             "source_acc": (src_logits.argmax(1) == src.labels[:n]).float().mean(),
@@ -334,11 +333,10 @@ class Trainer:
     def _batch(self) -> Batch:
         src, tgt = self.source_sampler(), self.target_sampler()
         data = self.data
-        # index_select: the same gather as images[idx], about 10x cheaper per call on CPU
         yt = data.target_train_labels[tgt] if self.method.needs_target_labels else None
-        return Batch(self.normalise(data.source_train.images.index_select(0, src)),
+        return Batch(data.train_view(data.source_train.gather(src)),
                      data.source_train.labels.index_select(0, src),
-                     self.normalise(data.target_train_images.index_select(0, tgt)), yt)
+                     data.train_view(data.target_train_images.index_select(0, tgt)), yt)
 
     def _train_step(self, sums: dict, first_bad: dict) -> None:
         """One step: every update of the current phase, in order. Nothing here syncs."""
@@ -422,7 +420,8 @@ class Trainer:
             for domain, split in (("source", self.data.source_test),
                                   ("target", self.data.target_test)):
                 x = split.images[:n]
-                feats.append(self.method.embed(self.normalise(x), domain).float().flatten(1).cpu())
+                feats.append(self.method.embed(self.data.eval_view(x), domain)
+                             .float().flatten(1).cpu())
                 meta += [[domain, str(int(y))] for y in split.labels[:n].cpu()]
                 img = x.float().cpu() / 255.0
                 images.append(img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img)

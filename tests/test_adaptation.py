@@ -107,8 +107,8 @@ def test_trainer_normalises_batches_and_evaluation_with_data_normalize(tmp_path,
         return Split(torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8),
                      torch.randint(0, 2, (n,), generator=g))
 
-    pair = DomainPair(split(32), split(32).images, split(16), split(16), 2)
-    cfg = OmegaConf.merge(toy_config("source_only", steps=2), {"data": {"normalize": mode}})
+    pair = DomainPair(split(32), split(32).images, split(16), split(16), 2, normalize=mode)
+    cfg = toy_config("source_only", steps=2)
     method = build_method(cfg.method, build_backbone("mlp", 2, (3, 8, 8)))
     trainer = Trainer(cfg, method, pair, tmp_path, torch.device("cpu"))
     xt = trainer._batch().xt
@@ -117,5 +117,5 @@ def test_trainer_normalises_batches_and_evaluation_with_data_normalize(tmp_path,
         assert per_channel_mean < 1e-5
     else:
         assert per_channel_mean > 1e-3 and xt.min() >= -1 and xt.max() <= 1
-    assert torch.equal(trainer.normalise(pair.target_test.images), normalise(
+    assert torch.equal(trainer.data.eval_view(pair.target_test.images), normalise(
         pair.target_test.images, mode))

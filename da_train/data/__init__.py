@@ -16,6 +16,13 @@ Target training labels are never handed to a domain-adaptation method:
 them (the ``target_only`` oracle); otherwise ``target_train_labels`` is ``None``.
 """
 
+from .bsds import (
+    BSDS_TRAIN_COUNT,
+    BSDS_TRAIN_MEMBER,
+    BSDS_URL,
+    download_bsds_train,
+    load_bsds_train,
+)
 from .core import DataError, DomainPair, Split, normalise
 from .mnist import (
     MNIST_FILES,
@@ -25,16 +32,7 @@ from .mnist import (
     read_idx,
     select_digits,
 )
-from .mnistm import (
-    BSDS_TRAIN_COUNT,
-    BSDS_TRAIN_MEMBER,
-    BSDS_URL,
-    blend_mnistm,
-    build_mnistm,
-    download_bsds_train,
-    load_bsds_train,
-    load_mnistm_folder,
-)
+from .mnistm import blend_mnistm, build_mnistm, load_mnistm_folder
 from .pairs import PAIRS, load_pair
 
 __all__ = [

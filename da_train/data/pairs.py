@@ -24,6 +24,9 @@ def load_pair(data_cfg, with_target_labels: bool = False) -> DomainPair:
     return pair
 
 
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+
+
 def _mnist_mnistm(cfg) -> DomainPair:
     mnist = {s: load_mnist(cfg.root, s, cfg.download) for s in ("train", "test")}
     if cfg.mnistm == "build":
@@ -34,7 +37,7 @@ def _mnist_mnistm(cfg) -> DomainPair:
         mnistm = {s: load_mnistm_folder(cfg.mnistm_dir, s) for s in ("train", "test")}
     source = {s: Split(mnist_to_rgb32(mnist[s].images), mnist[s].labels) for s in mnist}
     return DomainPair(source["train"], mnistm["train"].images, source["test"], mnistm["test"],
-                      10, mnistm["train"].labels)
+                      10, mnistm["train"].labels, DIGIT_NAMES, cfg.get("normalize", "global"))
 
 
 def _mnist01_23(cfg) -> DomainPair:
@@ -43,7 +46,7 @@ def _mnist01_23(cfg) -> DomainPair:
     source = {s: select_digits(mnist[s], (0, 1)) for s in mnist}
     target = {s: select_digits(mnist[s], (2, 3)) for s in mnist}
     return DomainPair(source["train"], target["train"].images, source["test"], target["test"],
-                      2, target["train"].labels)
+                      2, target["train"].labels, ("0<-2", "1<-3"), cfg.get("normalize", "global"))
 
 
 PAIRS = {"mnist_mnistm": _mnist_mnistm, "mnist01_23": _mnist01_23}
