@@ -140,6 +140,9 @@ class TrainerConfig:
     embed_samples: int = 2000
     resume: Any = False
     detect_anomaly: bool = False
+    threads: int = 0
+    stop_on_collapse: bool = False
+    figures: bool = False
     # Test-only fault injection: make the loss NaN at this step (0 = never).
     inject_nan_at: int = 0
 
@@ -147,6 +150,7 @@ class TrainerConfig:
 @dataclass
 class Config:
     seed: int = 0
+    objective: str = "source_acc"
     method: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
