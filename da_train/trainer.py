@@ -430,8 +430,11 @@ class Clock:
         self.tick, self.tick_step = time.perf_counter(), step
 
     def rate(self, step: int) -> dict[str, float]:
+        """Steps per second since the last call (or restart)."""
         now = time.perf_counter()
-        return {"train/steps_per_s": (step - self.tick_step) / max(now - self.tick, 1e-9)}
+        rate = (step - self.tick_step) / max(now - self.tick, 1e-9)
+        self.tick, self.tick_step = now, step
+        return {"train/steps_per_s": rate}
 
     def wall(self) -> float:
         return time.perf_counter() - self.start

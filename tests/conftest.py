@@ -14,8 +14,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.fixture
-def tiny_root(tmp_path) -> Path:
+def make_tiny_root(tmp_path: Path) -> Path:
     """MNIST/raw with 64 train / 32 test random digits and 3 BSDS500-like photos."""
     rng = np.random.default_rng(0)
     raw = tmp_path / "MNIST" / "raw"
@@ -29,6 +28,12 @@ def tiny_root(tmp_path) -> Path:
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
             photos / f"{i}.jpg")
     return tmp_path
+
+
+@pytest.fixture
+def tiny_root(tmp_path) -> Path:
+    """A tiny, well-formed data root (see :func:`make_tiny_root`)."""
+    return make_tiny_root(tmp_path)
 
 
 @pytest.fixture
