@@ -56,9 +56,10 @@ def missing_bsds(root: str | Path) -> Missing | None:
     missing = sorted(set(known) - present)
     if present and (not present & set(known) or not missing):
         return None
-    return Missing("BSDS500 training photos (data.mnistm=build)", folder, missing, len(known),
-                   f"the JPEGs of {BSDS_TRAIN_MEMBER} in {BSDS_URL} (or of {BSDS_GITHUB_RAW}); "
-                   f"their sha256 are listed in da_train/data/{CHECKSUM_FILE}.",
+    return Missing("BSDS500 training photos", folder, missing, len(known),
+                   f"(needed by data.mnistm=build) the JPEGs of {BSDS_TRAIN_MEMBER} in "
+                   f"{BSDS_URL} (or of {BSDS_GITHUB_RAW}); their sha256 are listed in "
+                   f"da_train/data/{CHECKSUM_FILE}.",
                    lambda: download_bsds_train(root))
 
 

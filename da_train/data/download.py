@@ -137,8 +137,8 @@ class Missing:
 
     def line(self) -> str:
         shown = self.names if len(self.names) <= 8 else [*self.names[:3], "..."]
-        return (f"- {self.what}: {len(self.names)} of {self.total} missing in {self.folder}/ "
-                f"({', '.join(shown)}). By hand: {self.by_hand}")
+        return (f"- {self.what} not found in {self.folder}/: {len(self.names)} of {self.total} "
+                f"missing ({', '.join(shown)}). By hand: {self.by_hand}")
 
 
 def fetch_missing(groups: list[Missing]) -> list[str]:

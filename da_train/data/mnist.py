@@ -87,7 +87,7 @@ def missing_mnist(root: str | Path) -> Missing | None:
     missing = [n for n in names if _find_idx(raw_dir, n) is None]
     if not missing:
         return None
-    return Missing("MNIST raw files", raw_dir, [n + ".gz" for n in missing], len(names),
+    return Missing("MNIST files", raw_dir, [n + ".gz" for n in missing], len(names),
                    "the .gz files from a torchvision MNIST mirror "
                    f"({MNIST_MIRRORS[0]}); the uncompressed files (no .gz) work too.",
                    lambda: download_mnist(raw_dir, missing))

@@ -63,8 +63,8 @@ def require_files(cfg) -> None:
 def _mnistm_cache_complete(cfg) -> bool:
     """Both built MNIST-M splits are cached: the BSDS500 photos are not needed (the cache's
     contents are checked against MNIST when loaded; a bad cache asks for the photos then)."""
-    cache = Path(cfg.get("cache_root") or cfg.root) / "mnist_m_built"
-    return all((cache / f"{s}_seed{cfg.build_seed}.pt").is_file() for s in ("train", "test"))
+    cache, seed = Path(cfg.get("cache_root") or cfg.root) / "mnist_m_built", cfg.build_seed
+    return all((cache / f"{s}_seed{seed}.pt").is_file() for s in ("train", "test"))
 
 
 def _missing_released_mnistm(mnistm_dir) -> Missing | None:
@@ -74,7 +74,7 @@ def _missing_released_mnistm(mnistm_dir) -> Missing | None:
     missing = [n if n.endswith(".txt") else n + "/" for n in needed if not (base / n).exists()]
     if not missing:
         return None
-    return Missing("Released MNIST-M (data.mnistm=released)", base, missing, len(needed),
+    return Missing("Released MNIST-M files (data.mnistm=released)", base, missing, len(needed),
                    "unpack the released MNIST-M archive so that data.mnistm_dir holds mnist_m/, "
                    "or build it from MNIST and BSDS500 with data.mnistm=build.")
 
