@@ -108,16 +108,18 @@ def _from_archive(staging: Path, todo: list[str], sums: dict[str, str]) -> None:
     """Source 1: the Berkeley release archive, downloaded into a temporary folder."""
     with tempfile.TemporaryDirectory(dir=staging.parent) as tmp:
         archive = Path(tmp) / Path(BSDS_URL).name
-        log.info("Downloading %s", BSDS_URL)
+        log.info("Downloading %s (about 70 MB)", BSDS_URL)
         try:
             download_module.fetch_url(BSDS_URL, archive)
         except DOWNLOAD_ERRORS as err:
+            log.warning("%s failed (%s); trying the GitHub mirror", BSDS_URL, err)
             raise DataError(f"{BSDS_URL}: {err}") from err
         _extract_verified(archive, staging, set(todo), sums)
 
 
 def _from_github(staging: Path, todo: list[str], sums: dict[str, str]) -> None:
     """Source 2: the GitHub mirror, one raw JPEG per request; stops at the first that fails."""
+    log.info("Downloading %d BSDS500 training photos from %s", len(todo), BSDS_GITHUB_RAW)
     for i, name in enumerate(todo):
         if i and i % 50 == 0:
             log.info("BSDS500 photos from GitHub: %d of %d", i, len(todo))

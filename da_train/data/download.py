@@ -106,7 +106,7 @@ def download(remote: Remote, folder: str | Path, fetch: Callable | None = None) 
     for url in remote.urls:
         tmp = temp_path(dest.parent, remote.name)
         try:
-            log.info("Downloading %s", url)
+            log.debug("Downloading %s", url)
             fetch(url, tmp)
             actual = file_digest(tmp, remote.algorithm)
             if actual == remote.digest:
@@ -119,6 +119,7 @@ def download(remote: Remote, folder: str | Path, fetch: Callable | None = None) 
             failures.append(f"{url}: {' '.join(str(err).split()) or type(err).__name__}")
         finally:
             tmp.unlink(missing_ok=True)
+        log.warning("Download failed, trying the next source: %s", failures[-1])
     raise DownloadFailed(remote, dest, failures)
 
 

@@ -4,6 +4,7 @@ and the two ways the digit pairs reshape it (RGB 32x32, a subset of digits)."""
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,8 @@ import torch
 
 from .core import DataError, Split, _require_writable
 from .download import Missing, Remote, download, temp_path
+
+log = logging.getLogger(__name__)
 
 #: torchvision's MNIST mirrors (``MNIST.mirrors``), named in messages without importing it.
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -133,6 +136,7 @@ def download_mnist(raw_dir: Path, names: list[str]) -> None:
     """
     _require_writable(raw_dir, "The MNIST files")
     for remote in mnist_remotes(names):
+        log.info("Downloading %s into %s", remote.name, raw_dir)
         gz = download(remote, raw_dir)
         _gunzip(gz, raw_dir / remote.name.removesuffix(".gz"))
 
