@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tarfile
 import tempfile
 from importlib import resources
@@ -14,7 +15,7 @@ import numpy as np
 
 from . import download as download_module
 from .core import DOWNLOAD_ERRORS, DataError, _require_writable
-from .download import Missing, Remote, write_atomic
+from .download import DownloadFailed, Missing, Remote, reason, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,9 @@ def missing_bsds(root: str | Path) -> Missing | None:
     if present and (not present & set(known) or not missing):
         return None
     return Missing("BSDS500 training photos", folder, missing, len(known),
-                   f"(needed by data.mnistm=build) the JPEGs of {BSDS_TRAIN_MEMBER} in "
-                   f"{BSDS_URL} (or of {BSDS_GITHUB_RAW}); their sha256 are listed in "
-                   f"da_train/data/{CHECKSUM_FILE}.",
+                   f"the JPEGs of {BSDS_TRAIN_MEMBER} in {BSDS_URL} (or of {BSDS_GITHUB_RAW}); "
+                   f"their sha256 are in da_train/data/{CHECKSUM_FILE} (needed by "
+                   "data.mnistm=build).",
                    lambda: download_bsds_train(root))
 
 
@@ -84,19 +85,28 @@ def download_bsds_train(root: str | Path) -> None:
         try:
             source(staging, todo, sums)
         except DOWNLOAD_ERRORS as err:  # DataError is a RuntimeError
-            errors.append(" ".join(str(err).split()))
+            errors.append(reason(err))
     todo = _still_needed(sums, staging, folder)
     if todo:
-        raise DataError(
-            f"Downloading the BSDS500 training photos failed from every source; {len(todo)} of "
-            f"{len(sums)} are still missing ({'; '.join(errors)}). The "
-            f"{len(sums) - len(todo)} verified so far are kept in {staging}/ and the next run "
-            f"with data.download=true fetches only the rest. Or copy the photos by hand to "
-            f"{folder}/ (see da_train/data/{CHECKSUM_FILE}), or use data.mnistm=released.")
+        raise _photos_failed(staging, folder, len(todo), len(sums), errors)
     folder.mkdir(exist_ok=True)
-    for photo in staging.iterdir():
-        os.replace(photo, folder / photo.name)
-    staging.rmdir()
+    for name in sums:
+        if (staging / name).exists():
+            os.replace(staging / name, folder / name)
+    shutil.rmtree(staging)  # and any temporary file a killed run left there
+
+
+def _photos_failed(staging: Path, folder: Path, left: int, total: int,
+                   errors: list[str]) -> DownloadFailed:
+    why = f"{left} of {total} photos still missing ({'; '.join(errors)})"
+    kept = (f"The {total - left} verified so far are kept in {staging}/ and the next run with "
+            "data.download=true fetches only the rest. " if left < total else "")
+    if left == total:
+        shutil.rmtree(staging, ignore_errors=True)
+    return DownloadFailed(
+        f"Downloading the BSDS500 training photos failed from every source; {why}. {kept}Or "
+        f"copy the photos by hand to {folder}/ (see da_train/data/{CHECKSUM_FILE}), or use "
+        "data.mnistm=released.", why)
 
 
 def _still_needed(sums: dict[str, str], staging: Path, folder: Path) -> list[str]:

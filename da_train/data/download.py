@@ -44,16 +44,26 @@ class Remote:
 
 
 class DownloadFailed(DataError):
-    """No source delivered a file whose checksum matches; ``failures`` says why, per source."""
+    """A download that no source completed. The message says what to do; ``reason`` is the
+    short why (each source and its error), for messages that gather several failures."""
 
-    def __init__(self, remote: Remote, dest: Path, failures: list[str]):
-        self.remote, self.dest, self.failures = remote, dest, failures
-        tried = "; ".join(failures)
-        super().__init__(
-            f"Downloading {remote.name} into {dest.parent} failed from every mirror ({tried}). "
-            f"Nothing was left at {dest}. Check the network and run again with "
-            f"data.download=true, or copy the file there by hand (its {remote.algorithm} must "
-            f"be {remote.digest}).")
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _file_failed(remote: Remote, dest: Path, failures: list[str]) -> DownloadFailed:
+    tried = "; ".join(failures)
+    return DownloadFailed(
+        f"Downloading {remote.name} into {dest.parent} failed from every mirror ({tried}). "
+        f"Nothing was left at {dest}. Check the network and run again with "
+        f"data.download=true, or copy the file there by hand (its {remote.algorithm} must "
+        f"be {remote.digest}).", f"{remote.name}: {tried}")
+
+
+def reason(err: Exception) -> str:
+    """The short why of a failed download (the whole message for other errors)."""
+    return getattr(err, "reason", None) or " ".join(str(err).split())
 
 
 def fetch_url(url: str, dest: Path, timeout: float = TIMEOUT_S) -> None:
@@ -120,7 +130,7 @@ def download(remote: Remote, folder: str | Path, fetch: Callable | None = None) 
         finally:
             tmp.unlink(missing_ok=True)
         log.warning("Download failed, trying the next source: %s", failures[-1])
-    raise DownloadFailed(remote, dest, failures)
+    raise _file_failed(remote, dest, failures)
 
 
 # ------------------------------------------------------------------------ missing data
@@ -153,7 +163,7 @@ def fetch_missing(groups: list[Missing]) -> list[str]:
         try:
             group.fetch()
         except DataError as err:
-            failures.append(f"{group.what}: {err}")
+            failures.append(f"{group.what}: {reason(err)}")
     return failures
 
 
@@ -172,7 +182,7 @@ def missing_message(pair: str, root: str | Path, groups: list[Missing], download
     lines = [f"Data for data.name={pair} is missing under data.root={root} ({state}):",
              *(g.line() for g in groups)]
     if failures:
-        lines += ["Why the download failed:", *(f"  {' '.join(f.split())}" for f in failures)]
+        lines += ["Why the download failed:", *(f"  {f}" for f in failures)]
     lines += [
         "Two ways forward:", online,
         "2. Offline: on a machine with the files, lay them out in one folder <dir> as above "
