@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+from .bsds import missing_bsds
 from .core import DataError, DomainPair, Split
-from .mnist import load_mnist, mnist_to_rgb32, select_digits
+from .download import Missing, fetch_missing, missing_message
+from .mnist import load_mnist, missing_mnist, mnist_to_rgb32, select_digits
 from .mnistm import build_mnistm, load_mnistm_folder
 
 
@@ -27,7 +30,57 @@ def load_pair(data_cfg, with_target_labels: bool = False) -> DomainPair:
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 
 
+def missing_files(cfg) -> list[Missing]:
+    """Every file the pair ``data.name`` needs that is not on disk, grouped by dataset.
+
+    Checked before anything is downloaded or built, so one message can name them all (not one
+    per round of "fix it and run again").
+    """
+    groups = [missing_mnist(cfg.root)]
+    if cfg.name == "mnist_mnistm":
+        if cfg.mnistm != "build":
+            groups.append(_missing_released_mnistm(cfg.mnistm_dir))
+        elif not _mnistm_cache_complete(cfg):
+            groups.append(missing_bsds(cfg.root))
+    return [g for g in groups if g is not None]
+
+
+def require_files(cfg) -> None:
+    """Download what is missing (when ``data.download``), then raise ONE DataError listing every
+    file still missing, with both ways forward (download with network, or the offline copy)."""
+    missing = missing_files(cfg)
+    if not missing:
+        return
+    failures = []
+    if cfg.download:
+        failures = fetch_missing(missing)
+        missing = missing_files(cfg)
+        if not missing:
+            return
+    raise DataError(missing_message(cfg.name, cfg.root, missing, bool(cfg.download), failures))
+
+
+def _mnistm_cache_complete(cfg) -> bool:
+    """Both built MNIST-M splits are cached: the BSDS500 photos are not needed (the cache's
+    contents are checked against MNIST when loaded; a bad cache asks for the photos then)."""
+    cache, seed = Path(cfg.get("cache_root") or cfg.root) / "mnist_m_built", cfg.build_seed
+    return all((cache / f"{s}_seed{seed}.pt").is_file() for s in ("train", "test"))
+
+
+def _missing_released_mnistm(mnistm_dir) -> Missing | None:
+    """data.mnistm=released: the archive's label files and image folders (no download)."""
+    base = Path(mnistm_dir) / "mnist_m"
+    needed = [f"mnist_m_{s}{tail}" for s in ("train", "test") for tail in ("_labels.txt", "")]
+    missing = [n if n.endswith(".txt") else n + "/" for n in needed if not (base / n).exists()]
+    if not missing:
+        return None
+    return Missing("Released MNIST-M files (data.mnistm=released)", base, missing, len(needed),
+                   "unpack the released MNIST-M archive so that data.mnistm_dir holds mnist_m/, "
+                   "or build it from MNIST and BSDS500 with data.mnistm=build.")
+
+
 def _mnist_mnistm(cfg) -> DomainPair:
+    require_files(cfg)
     mnist = {s: load_mnist(cfg.root, s, cfg.download) for s in ("train", "test")}
     if cfg.mnistm == "build":
         mnistm = {s: build_mnistm(cfg.root, s, mnist[s], cfg.build_seed, cfg.cache_root,
@@ -42,6 +95,7 @@ def _mnist_mnistm(cfg) -> DomainPair:
 
 def _mnist01_23(cfg) -> DomainPair:
     """MNIST 0/1 -> MNIST 2/3 (2 -> 0, 3 -> 1): single-channel 28x28, 2 classes."""
+    require_files(cfg)
     mnist = {s: load_mnist(cfg.root, s, cfg.download) for s in ("train", "test")}
     source = {s: select_digits(mnist[s], (0, 1)) for s in mnist}
     target = {s: select_digits(mnist[s], (2, 3)) for s in mnist}
