@@ -29,7 +29,7 @@ SND_TEMPERATURE = 0.05
 # Logistic regression for the domain classifiers (DEV, proxy A-distance): L-BFGS on
 # standardised features with a small L2 penalty, full batch, a fixed number of iterations.
 L2 = 1e-3
-LBFGS_ITERS = 100
+LBFGS_ITERS = 50
 
 
 # ------------------------------------------------------------------------ prediction based
