@@ -56,7 +56,7 @@ def require_matplotlib():
 def _figure(kind: str):
     """A new pyplot-free Figure of the fixed size for ``kind`` (Agg canvas)."""
     Figure, FigureCanvasAgg = require_matplotlib()
-    fig = Figure(figsize=FIG_SIZES[kind], dpi=DPI)
+    fig = Figure(figsize=FIG_SIZES[kind], dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -268,20 +268,20 @@ def _domain_panel(ax, points: dict) -> None:
 
 
 def _class_panel(ax, points: dict, source_labels, target_labels) -> None:
-    classes = np.union1d(source_labels, target_labels)
-    cmap = "tab10" if len(classes) <= 10 else "tab20"
-    kwargs = {"s": 6, "alpha": 0.6, "cmap": cmap, "vmin": classes.min(),
-              "vmax": max(classes.max(), classes.min() + 1)}
-    ax.scatter(*points["source"].T, c=source_labels, marker="o", **kwargs)
-    ax.scatter(*points["target"].T, c=target_labels, marker="x", **kwargs)
-    # Legend: one entry per class (colour) and one per domain (marker).
     from matplotlib import colormaps
     from matplotlib.lines import Line2D
 
-    colours = colormaps[cmap]
-    span = kwargs["vmax"] - kwargs["vmin"]
-    handles = [Line2D([], [], ls="", marker="s", color=colours((c - kwargs["vmin"]) / span),
-                      label=str(c)) for c in classes[:20]]
+    classes = np.union1d(source_labels, target_labels)
+    palette = np.array(colormaps["tab10" if classes.max() < 10 else "tab20"].colors)
+
+    def colour(labels):
+        return palette[np.asarray(labels) % len(palette)]
+
+    ax.scatter(*points["source"].T, c=colour(source_labels), marker="o", s=6, alpha=0.6)
+    ax.scatter(*points["target"].T, c=colour(target_labels), marker="x", s=6, alpha=0.6)
+    # Legend: one entry per class (colour) and one per domain (marker).
+    handles = [Line2D([], [], ls="", marker="s", color=colour([c])[0], label=str(c))
+               for c in classes[:20]]
     handles += [Line2D([], [], ls="", marker=m, color="grey", label=d)
                 for m, d in (("o", "source"), ("x", "target"))]
     ax.legend(handles=handles, loc="best", fontsize="x-small", ncol=2)

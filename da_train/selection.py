@@ -105,9 +105,13 @@ def soft_neighbourhood_density(target_feats: torch.Tensor,
 
 
 def _standardise(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance per feature using ``ref``'s statistics (stable L-BFGS)."""
-    mean, std = ref.mean(dim=0), ref.std(dim=0).clamp_min(1e-6)
-    return (x - mean) / std
+    """Zero mean, unit variance per feature using ``ref``'s statistics (stable L-BFGS).
+
+    A feature that is constant in ``ref`` (a dead ReLU, a border pixel) is only centred:
+    dividing by its near-zero std would blow up any other point that differs there.
+    """
+    mean, std = ref.mean(dim=0), ref.std(dim=0)
+    return (x - mean) / torch.where(std > 1e-6, std, torch.ones_like(std))
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = L2,

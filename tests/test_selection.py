@@ -236,3 +236,22 @@ def test_fraction_zero_disables_and_bad_fraction_is_a_config_error():
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ConfigError, match="data.source_val"):
             hold_out_source_val(pair, bad, seed=0)
+
+
+# ------------------------------------------------------------------------ real data
+def test_real_mnist_split_and_proxy_a_distance(real_root):
+    from da_train.data.mnist import load_mnist
+
+    train, test = load_mnist(real_root, "train", False), load_mnist(real_root, "test", False)
+    pair = DomainPair(train, test.images, test, test, 10)
+    held = hold_out_source_val(pair, DEFAULT_FRACTION, seed=0)
+    assert len(held.source_val.labels) == pytest.approx(6000, abs=5)
+    assert len(held.source_train.labels) + len(held.source_val.labels) == 60000
+    share = torch.bincount(held.source_val.labels, minlength=10) / torch.bincount(
+        train.labels, minlength=10)
+    assert torch.allclose(share, torch.full((10,), 0.1), atol=0.001)
+    # Raw pixels: two disjoint halves of MNIST train are one domain (PAD near 0); train vs
+    # inverted digits are two (PAD 2). (Train vs test measures about 0.3: other writers.)
+    pixels = train.images[:4000].flatten(1).float()
+    assert abs(proxy_a_distance(pixels[:2000], pixels[2000:])) < 0.15
+    assert proxy_a_distance(pixels[:2000], 255 - test.images[:2000].flatten(1).float()) > 1.9
