@@ -6,6 +6,12 @@ that did not complete (failed, interrupted, still running, unreadable files) are
 second table instead of being dropped, so a table with fewer seeds than launched never goes
 unnoticed. ``--md`` and ``--csv`` write the same results to files.
 
+``--selection`` adds what each validator (a score computed without target labels, recorded
+under results.json ``selection``; see :mod:`da_train.selection`) would have picked among the
+configurations of a sweep, and what that pick costs against the oracle (best target
+accuracy) and the median configuration. ``--plots DIR`` writes PNG figures
+(:mod:`da_train.plots`). Neither changes the main table.
+
 A run folder is any directory holding ``status.json``, ``results.json`` or
 ``.hydra/config.yaml``. ``status.json`` is the authority on whether a run finished: the
 trainer writes ``results.json`` first and ``status.json`` = completed last.
