@@ -321,6 +321,13 @@ def run_figures(run_dir, confusion=None, class_names=None, embed_method: str = "
     return figures
 
 
+def figure_to_array(fig) -> np.ndarray:
+    """The figure rendered as an H x W x 3 uint8 array (``writer.add_image(..., dataformats=
+    "HWC")``, or any image logger that takes arrays rather than Figures)."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
 def _slug(text: str) -> str:
     """A file-name-safe version of a label."""
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120] or "run"

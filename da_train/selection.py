@@ -140,20 +140,32 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = L2,
 
 
 def density_ratio(source_feats: torch.Tensor, target_feats: torch.Tensor,
-                  l2: float = L2) -> torch.Tensor:
+                  l2: float = L2, folds: int = 2, seed: int = 0) -> torch.Tensor:
     """Estimated p_target(x) / p_source(x) at each source point (DEV's importance weights).
 
     A logistic domain classifier d(x) = P(target | x) is fitted on both sets; Bayes' rule
-    with the class priors n_s, n_t of that fit gives w = (n_s / n_t) d / (1 - d).
+    with the class priors n_s, n_t of that fit gives w = (n_s / n_t) d / (1 - d). Cross-
+    fitted over ``folds`` (seeded) folds: each source point's weight comes from a classifier
+    that did not see it, since in-sample logits of a high-dimensional fit are overconfident
+    and would inflate the weights.
     """
     xs = source_feats.float().flatten(1).cpu()
     xt = target_feats.float().flatten(1).cpu()
-    both = torch.cat([xs, xt])
-    z = _standardise(both, both)
-    y = torch.cat([torch.zeros(len(xs)), torch.ones(len(xt))])
-    w, b = fit_logistic(z, y, l2)
-    logit_target = z[: len(xs)] @ w + b          # log(d / (1 - d)) at the source points
-    return torch.exp(logit_target) * (len(xs) / len(xt))
+    gen = torch.Generator().manual_seed(seed)
+    fold_s = torch.randperm(len(xs), generator=gen) % folds
+    fold_t = torch.randperm(len(xt), generator=gen) % folds
+    weights = torch.empty(len(xs))
+    for k in range(folds):
+        fit_s, fit_t = xs[fold_s != k], xt[fold_t != k]
+        if folds == 1:
+            fit_s, fit_t = xs, xt
+        both = torch.cat([fit_s, fit_t])
+        y = torch.cat([torch.zeros(len(fit_s)), torch.ones(len(fit_t))])
+        w, b = fit_logistic(_standardise(both, both), y, l2)
+        held = fold_s == k
+        logit_target = _standardise(xs[held], both) @ w + b   # log(d / (1 - d))
+        weights[held] = torch.exp(logit_target) * (len(fit_s) / len(fit_t))
+    return weights
 
 
 def deep_embedded_validation(source_val_feats: torch.Tensor, source_val_losses: torch.Tensor,

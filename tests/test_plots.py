@@ -151,5 +151,9 @@ def test_run_figures_go_to_tensorboard(sweep, tmp_path):
     with SummaryWriter(tmp_path / "tb") as writer:
         for tag, fig in figures.items():
             writer.add_figure(tag, fig, global_step=300)
+    image = plots.figure_to_array(plots.run_figures(sweep / "0", embed_method="pca")[
+        "figures/target_confusion"])
+    assert image.shape == (*plots.expected_size("confusion")[::-1], 3)
+    assert image.dtype == np.uint8 and image.std() > 10
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 10_000
