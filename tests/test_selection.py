@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from da_train.data.core import DomainPair, Split
+from da_train.data.core import DomainPair, Split, normalise
 from da_train.data.source_val import (
     DEFAULT_FRACTION,
     hold_out_source_val,
@@ -255,3 +255,17 @@ def test_real_mnist_split_and_proxy_a_distance(real_root):
     pixels = train.images[:4000].flatten(1).float()
     assert abs(proxy_a_distance(pixels[:2000], pixels[2000:])) < 0.15
     assert proxy_a_distance(pixels[:2000], 255 - test.images[:2000].flatten(1).float()) > 1.9
+
+
+def test_a_pair_subclass_keeps_its_views():
+    @dataclasses.dataclass
+    class Flipped(DomainPair):
+        def train_view(self, images):
+            return normalise(images.flip(-1), self.normalize)
+
+    base = _pair()
+    pair = Flipped(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+    held = hold_out_source_val(pair, 0.1, seed=0)
+    assert isinstance(held, Flipped) and held.source_val is not None
+    x = held.source_train.images[:2]
+    assert torch.equal(held.train_view(x), normalise(x.flip(-1)))
