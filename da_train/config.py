@@ -58,6 +58,7 @@ class DataConfig:
     cache_root: str = "data"
     build_seed: int = 0
     normalize: str = "global"
+    source_val: float = 0.0
 
 
 @dataclass
@@ -162,6 +163,8 @@ RULES: dict[str, Rule] = {
     "optim.anneal_beta": NONNEG,
     "data.mnistm": one_of("released", "build"),
     "data.normalize": one_of("global", "instance"),
+    "data.source_val": (lambda v: 0 <= v < 1,
+                        "a fraction of the source training set in [0, 1) (0: none held out)"),
 }
 
 

@@ -63,3 +63,24 @@ def test_results_report_the_final_full_evaluation(tiny_root, tmp_path, key):
     results = json.loads((out / "results.json").read_text())
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 10 and last[f"val/{key}"] == results[key]
+
+
+def test_validators_split_proxy_distance_and_figures_reach_results_and_tensorboard(
+        tiny_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    proc = da_train([*small(tiny_root, steps=10), "data.source_val=0.25", "trainer.figures=true",
+                     f"hydra.run.dir={out}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["selection"]) == {"source_val_acc", "entropy", "im", "snd", "dev", "bnm"}
+    assert results["source_val"] == 0.25 and results["sizes"]["source_val"] == 16
+    assert results["sizes"]["source_train"] == 48  # the held-out images are not trained on
+    assert -2.01 <= results["proxy_a_distance"] <= 2.01
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert {f"select/{k}" for k in results["selection"]} <= set(acc.Tags()["scalars"])
+    assert {"figures/accuracy", "figures/target_confusion", "figures/features"} <= set(
+        acc.Tags()["images"])
+    assert (out / "embeddings.npz").is_file()

@@ -11,6 +11,7 @@ import torch
 from da_train.data.core import DomainPair, Split, normalise
 from da_train.data.source_val import (
     DEFAULT_FRACTION,
+    SELECTION_FRACTION,
     hold_out_source_val,
     source_val_indices,
 )
@@ -232,7 +233,7 @@ def test_fraction_zero_disables_and_bad_fraction_is_a_config_error():
     pair = _pair()
     same = hold_out_source_val(pair, 0.0, seed=0)
     assert same.source_val is None and len(same.source_train.labels) == 200
-    assert 0 < DEFAULT_FRACTION < 0.5
+    assert DEFAULT_FRACTION == 0 and 0 < SELECTION_FRACTION < 0.5
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ConfigError, match="data.source_val"):
             hold_out_source_val(pair, bad, seed=0)
@@ -244,7 +245,7 @@ def test_real_mnist_split_and_proxy_a_distance(real_root):
 
     train, test = load_mnist(real_root, "train", False), load_mnist(real_root, "test", False)
     pair = DomainPair(train, test.images, test, test, 10)
-    held = hold_out_source_val(pair, DEFAULT_FRACTION, seed=0)
+    held = hold_out_source_val(pair, SELECTION_FRACTION, seed=0)
     assert len(held.source_val.labels) == pytest.approx(6000, abs=5)
     assert len(held.source_train.labels) + len(held.source_val.labels) == 60000
     share = torch.bincount(held.source_val.labels, minlength=10) / torch.bincount(
