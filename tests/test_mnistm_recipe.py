@@ -146,11 +146,11 @@ def test_check_script_finds_the_crops_of_a_mask_built_set(tiny_root, tmp_path, c
     assert rc == 0
     report = json.loads(out_json.read_text())
     assert report["images_per_split"] == {"train": 20, "test": 20}
-    located = report["locate"]
-    assert located["pixel_exact"] == 4 and located["mean_abs_error"] == 0
+    located = report["locate"]  # the first 4 of each split
+    assert located["found"] == located["pixel_exact"] == 8 and located["mean_abs_error"] == 0
     names = sorted(p.name for p in (tiny_root / "BSDS500" / "train").glob("*.jpg"))
-    assert [(names[k], y, x) for _, k, y, x in crops[:4]] == [
-        (c["photo"], c["y"], c["x"]) for c in located["crops"]]
+    assert [(split, names[k], y, x) for split, k, y, x in crops[:4] + crops[20:24]] == [
+        (c["split"], c["photo"], c["y"], c["x"]) for c in located["crops"]]
     assert 0 <= report["cnn_accuracy"] <= 1 and 0 <= report["features_accuracy"] <= 1
     assert "held-out accuracy" in capsys.readouterr().out
 
@@ -162,8 +162,8 @@ def test_check_script_locate_shows_absdiff_is_not_the_released_recipe(tiny_root,
                                str(tmp_path / "released"), "--recipe", "absdiff",
                                "--epochs", "1", "--locate", "3", "--json", str(out_json)])
     report = json.loads(out_json.read_text())
-    assert rc == 0 and report["locate"]["pixel_exact"] == 0
-    assert report["locate"]["mean_abs_error"] > 10
+    assert rc == 0 and report["locate"]["found"] == 6  # the crops do not depend on the recipe
+    assert report["locate"]["pixel_exact"] == 0 and report["locate"]["mean_abs_error"] > 10
 
 
 def test_check_script_rejects_a_sample_from_other_mnist_images(tiny_root, tmp_path, capsys):
@@ -180,6 +180,6 @@ def test_check_script_on_the_released_sample(real_root, tmp_path):
                                "1", "--locate", "2", "--json", str(out_json)])
     report = json.loads(out_json.read_text())
     assert rc == 0 and report["images_per_split"] == {"train": 150, "test": 150}
-    assert report["locate"]["pixel_exact"] == 2  # the released images, rebuilt exactly
-    assert report["locate"]["crops"][0] == {"index": 0, "photo": "41004.jpg", "y": 21,
-                                            "x": 256, "mean_abs_error": 0.0}
+    assert report["locate"]["pixel_exact"] == 4  # the released images, rebuilt exactly
+    assert report["locate"]["crops"][0] == {"split": "train", "index": 0, "photo": "41004.jpg",
+                                            "y": 21, "x": 256, "mean_abs_error": 0.0}
