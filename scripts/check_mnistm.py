@@ -296,7 +296,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=15, help="CNN training epochs")
     p.add_argument("--locate", type=int, default=0, metavar="K",
                    help="find the exact crops of the first K released images of each split "
-                        "(about a minute to index the photos, then milliseconds per image)")
+                        "(seconds to index the photos, then milliseconds per image)")
     p.add_argument("--json", help="also write the report as JSON to this file")
     return p.parse_args(argv)
 
