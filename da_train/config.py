@@ -54,6 +54,7 @@ class DataConfig:
     root: str = "data"
     download: bool = True
     mnistm: str = "build"
+    mnistm_recipe: str = "mask"
     mnistm_dir: str = "data"
     cache_root: str = "data"
     build_seed: int = 0
@@ -162,6 +163,7 @@ RULES: dict[str, Rule] = {
     "optim.anneal_alpha": NONNEG,
     "optim.anneal_beta": NONNEG,
     "data.mnistm": one_of("released", "build"),
+    "data.mnistm_recipe": one_of("mask", "absdiff"),
     "data.normalize": one_of("global", "instance"),
     "data.source_val": (lambda v: 0 <= v < 1,
                         "a fraction of the source training set in [0, 1) (0: none held out)"),

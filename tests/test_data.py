@@ -104,7 +104,7 @@ def test_blend_formula_and_determinism():
     rng = np.random.default_rng(3)
     digits = rng.integers(0, 256, (20, 32, 32), dtype=np.uint8)
     photo = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)  # one crop position only
-    out = blend_mnistm(digits, [photo], seed=5)
+    out = blend_mnistm(digits, [photo], seed=5, recipe="absdiff")
     expected = np.abs(photo[None].astype(int) - digits[..., None].astype(int))
     assert np.array_equal(out, expected)
     photos = [rng.integers(0, 256, (50, 70, 3), dtype=np.uint8) for _ in range(4)]
@@ -117,7 +117,7 @@ def test_build_mnistm_is_cached_and_deterministic(tiny_root, tmp_path):
     mnist = load_mnist(tiny_root, "test", download=False)
     first = build_mnistm(tiny_root, "test", mnist, seed=0, cache_root=tmp_path / "c1")
     again = build_mnistm(tiny_root, "test", mnist, seed=0, cache_root=tmp_path / "c2")
-    assert (tmp_path / "c1" / "mnist_m_built" / "test_seed0.pt").exists()
+    assert (tmp_path / "c1" / "mnist_m_built" / "test_mask_seed0.pt").exists()
     assert torch.equal(first.images, again.images)
     assert first.images.shape == (32, 3, 32, 32)
     assert torch.equal(first.labels, mnist.labels)
@@ -345,7 +345,7 @@ def test_read_only_mnistm_cache_warns_and_builds_in_memory(tiny_root, tmp_path):
 def test_corrupt_mnistm_cache_is_rebuilt(tiny_root):
     mnist = load_mnist(tiny_root, "test", download=False)
     first = build_mnistm(tiny_root, "test", mnist, 0, tiny_root)
-    cache = tiny_root / "mnist_m_built" / "test_seed0.pt"
+    cache = tiny_root / "mnist_m_built" / "test_mask_seed0.pt"
     cache.write_bytes(cache.read_bytes()[:100])
     with pytest.warns(UserWarning, match="unreadable MNIST-M cache"):
         again = build_mnistm(tiny_root, "test", mnist, 0, tiny_root)

@@ -337,7 +337,7 @@ def test_cached_mnistm_build_needs_no_photos(digits_root):
     cache = digits_root / "mnist_m_built"
     cache.mkdir()
     for split in ("train", "test"):
-        (cache / f"{split}_seed0.pt").write_bytes(b"")
+        (cache / f"{split}_mask_seed0.pt").write_bytes(b"")
     assert missing_files(_cfg(digits_root)) == []
 
 

@@ -64,7 +64,8 @@ def _mnistm_cache_complete(cfg) -> bool:
     """Both built MNIST-M splits are cached: the BSDS500 photos are not needed (the cache's
     contents are checked against MNIST when loaded; a bad cache asks for the photos then)."""
     cache, seed = Path(cfg.get("cache_root") or cfg.root) / "mnist_m_built", cfg.build_seed
-    return all((cache / f"{s}_seed{seed}.pt").is_file() for s in ("train", "test"))
+    recipe = cfg.get("mnistm_recipe", "mask")
+    return all((cache / f"{s}_{recipe}_seed{seed}.pt").is_file() for s in ("train", "test"))
 
 
 def _missing_released_mnistm(mnistm_dir) -> Missing | None:
@@ -84,7 +85,7 @@ def _mnist_mnistm(cfg) -> DomainPair:
     mnist = {s: load_mnist(cfg.root, s, cfg.download) for s in ("train", "test")}
     if cfg.mnistm == "build":
         mnistm = {s: build_mnistm(cfg.root, s, mnist[s], cfg.build_seed, cfg.cache_root,
-                                  cfg.download)
+                                  cfg.download, recipe=cfg.get("mnistm_recipe", "mask"))
                   for s in mnist}
     else:
         mnistm = {s: load_mnistm_folder(cfg.mnistm_dir, s) for s in ("train", "test")}
