@@ -26,13 +26,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, register_schema, validate
+from .config import ConfigError, override_key, register_schema, validate
 from .data import DataError, load_pair
 from .methods import METHODS, build_method
 from .models import build_backbone
 from .runtime import (
     flatten,
-    override_key,
     pick_device,
     read_checkpoint,
     seed_everything,

@@ -24,6 +24,11 @@ class ConfigError(ValueError):
     """A config value is impossible; the message names the key, the value and the fix."""
 
 
+def override_key(override: str) -> str:
+    """The config key of a command-line override: ``+trainer.steps=5`` -> ``trainer.steps``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 # ---------------------------------------------------------------------------- rules
 Rule = tuple[Callable[[Any], bool], str]
 

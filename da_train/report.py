@@ -36,6 +36,8 @@ from pathlib import Path
 
 import yaml
 
+from .config import override_key
+
 PROG = "da-report"
 RUN_MARKERS = ("status.json", "results.json", ".hydra/config.yaml")
 CSV_COLUMNS = [
@@ -135,11 +137,6 @@ def _read_overrides(folder: Path, results: dict) -> list[str] | None:
     if not isinstance(data, list):
         raise Unreadable(".hydra/overrides.yaml: expected a list of overrides")
     return [str(o) for o in data]
-
-
-def override_key(override: str) -> str:
-    """``+method.lam=1`` -> ``method.lam``: the key an override sets, without its prefix."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def is_hydra_override(override: str) -> bool:

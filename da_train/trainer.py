@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .config import ConfigError
+from .config import ConfigError, override_key
 from .data import DomainPair
 from .data.source_val import hold_out_source_val
 from .methods import Batch, Method, Phase, StepOutput
@@ -35,7 +35,6 @@ from .runtime import (
     atomic_torch_save,
     device_name,
     keep_freed_memory,
-    override_key,
     package_versions,
     read_checkpoint,
     rng_state,
