@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from .arrays import arrays_pair
 from .core import DataError, DomainPair, Split
+from .digits import DIGIT_NAMES, digits_pair
+from .folders import folders_pair
 from .mnist import load_mnist, mnist_to_rgb32, select_digits
 from .mnistm import build_mnistm, load_mnistm_folder
 
@@ -22,9 +25,6 @@ def load_pair(data_cfg, with_target_labels: bool = False) -> DomainPair:
     if not with_target_labels:
         pair = dataclasses.replace(pair, target_train_labels=None)
     return pair
-
-
-DIGIT_NAMES = tuple(str(d) for d in range(10))
 
 
 def _mnist_mnistm(cfg) -> DomainPair:
@@ -49,4 +49,8 @@ def _mnist01_23(cfg) -> DomainPair:
                       2, target["train"].labels, ("0<-2", "1<-3"), cfg.get("normalize", "global"))
 
 
-PAIRS = {"mnist_mnistm": _mnist_mnistm, "mnist01_23": _mnist01_23}
+# data.name -> builder. Adding a dataset: a module with a builder, a conf/data file (with its
+# schema in schemas.py) and one line here.
+PAIRS = {"mnist_mnistm": _mnist_mnistm, "mnist01_23": _mnist01_23,
+         "digits": digits_pair, "mnist_usps": digits_pair, "usps_mnist": digits_pair,
+         "svhn_mnist": digits_pair, "folders": folders_pair, "arrays": arrays_pair}
