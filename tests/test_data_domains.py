@@ -7,22 +7,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from cli_helpers import da_train as run_da_train
 from cli_helpers import small
+from omegaconf import OmegaConf
+
 from da_train.data import DataError, load_pair
 from da_train.data import digits as digits_mod
-from da_train.data.digits import (common_input, limit_split, load_svhn, load_usps, read_usps,
-                                  to_common)
 from da_train.data.core import Split
+from da_train.data.digits import (
+    common_input,
+    limit_split,
+    load_svhn,
+    load_usps,
+    read_usps,
+    to_common,
+)
 from da_train.data.schemas import DigitsConfig
 
 
 def write_usps(path: Path, pixels: np.ndarray, labels: np.ndarray) -> None:
     """libsvm lines '<digit+1> 1:v ... 256:v', v = pixel / 255 * 2 - 1 (USPS's format)."""
     lines = []
-    for img, y in zip(pixels.reshape(len(pixels), -1), labels):
+    for img, y in zip(pixels.reshape(len(pixels), -1), labels, strict=True):
         vals = " ".join(f"{i + 1}:{v / 255 * 2 - 1:.6f}" for i, v in enumerate(img))
         lines.append(f"{y + 1} {vals}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,8 +222,8 @@ def _fit(method, real_root, tmp_path, steps):
     """One MNIST -> USPS run (ADDA protocol, 28x28 grey) with the Trainer API; target acc."""
     from hydra import compose, initialize_config_module
 
-    from da_train.methods import build_method
     from da_train.config import register_schema
+    from da_train.methods import build_method
     from da_train.models import build_backbone
     from da_train.trainer import Trainer, seed_everything
 
