@@ -218,8 +218,8 @@ def test_cli_digits_any_pair_and_unknown_key(svhn_root, usps_root, tmp_path):
     assert bad.returncode == 2 and "on_error" in bad.stderr
 
 
-def _fit(method, real_root, tmp_path, steps):
-    """One MNIST -> USPS run (ADDA protocol, 28x28 grey) with the Trainer API; target acc."""
+def _fit(data, method, real_root, tmp_path, steps):
+    """One digit-pair run (the preset's ADDA protocol) with the Trainer API; its results."""
     from hydra import compose, initialize_config_module
 
     from da_train.config import register_schema
@@ -230,28 +230,29 @@ def _fit(method, real_root, tmp_path, steps):
     register_schema()
     with initialize_config_module("da_train.conf", version_base="1.3"):
         cfg = compose("config", overrides=[
-            "data=mnist_usps", f"method={method}", "backbone=lenet", f"data.root={real_root}",
+            f"data={data}", f"method={method}", "backbone=dann_digits", f"data.root={real_root}",
             "data.download=false", f"trainer.steps={steps}", f"trainer.eval_every={steps}",
-            "trainer.batch_size=64", "trainer.embed_samples=0", "trainer.eval_samples=0",
-            "trainer.device=cpu", "trainer.ckpt_every=100000", "optim.lr=0.01"])
+            "trainer.batch_size=64", "trainer.embed_samples=0", "trainer.eval_samples=2000",
+            "trainer.device=cpu", "trainer.ckpt_every=100000"])
     seed_everything(0)
     pair = load_pair(cfg.data)
     method_obj = build_method(cfg.method, build_backbone(cfg.backbone, 10, pair.input_shape))
-    out = Trainer(cfg, method_obj, pair, tmp_path / method, torch.device("cpu"), []).fit()
-    return out
+    return Trainer(cfg, method_obj, pair, tmp_path / method, torch.device("cpu"), []).fit()
 
 
-def test_real_mnist_to_usps_dann_beats_source_only(real_root, tmp_path):
-    """Adaptation on real data that can fail: same seed, steps and network for both."""
+def test_real_usps_to_mnist_dann_beats_source_only(real_root, tmp_path):
+    """Adaptation on real data that can fail: same seed, steps and network for both.
+
+    USPS -> MNIST rather than MNIST -> USPS: under ADDA's protocol the published gap of DANN
+    over source-only is +0.16 there (0.730 vs 0.571) but only +0.02 on MNIST -> USPS (0.771 vs
+    0.752), too small for a short test. Measured here (dann_digits, 1,000 steps, seed 0, full
+    MNIST test set): source-only 0.435, DANN 0.639; on MNIST -> USPS (full sets, 2,000
+    steps) source-only 0.774, DANN 0.752.
+    """
     torch.set_num_threads(1)
-    accs = {m: _fit(m, real_root, tmp_path, 1500) for m in ("source_only", "dann")}
-    src, dann = (_target_acc(accs[m]) for m in ("source_only", "dann"))
-    assert dann >= src + 0.03, (src, dann)
-
-
-def _target_acc(results: dict) -> float:
-    final = results.get("final", results)
-    return float(final["target_acc"])
+    acc = {m: float(_fit("usps_mnist", m, real_root, tmp_path, 600)["target_acc"])
+           for m in ("source_only", "dann")}
+    assert acc["dann"] >= acc["source_only"] + 0.08, acc
 
 
 def test_usps_module_registry_is_one_line_per_domain():

@@ -189,8 +189,9 @@ def _domain(cfg, dom_cfg, size, channels, seed_offset):
     out = {}
     for split in ("train", "test"):
         s = DIGIT_DOMAINS[name](cfg, split)
+        if split == "train":  # sample first: only the kept images are converted
+            s = limit_split(s, dom_cfg.limit, cfg.limit_seed + seed_offset)
         out[split] = Split(to_common(s.images, size, channels), s.labels)
-    out["train"] = limit_split(out["train"], dom_cfg.limit, cfg.limit_seed + seed_offset)
     return out
 
 
