@@ -169,6 +169,19 @@ def test_cache_files_are_keyed_and_complete(tmp_path, two_folders):
         assert json.loads(meta.read_text())["skipped"] == []
 
 
+def test_host_images_gather_like_a_tensor(tmp_path, two_folders):
+    from da_train.data.folders import HostImages
+
+    cfg = folders_cfg(tmp_path, source={"root": str(two_folders[0])},
+                      target={"root": str(two_folders[1])})
+    pair = load_pair(cfg)
+    host = HostImages(pair.target_train_images, "cpu")
+    idx = torch.tensor([3, 0, 3])
+    assert torch.equal(host.index_select(0, idx), pair.target_train_images[idx])
+    assert torch.equal(host[1:4], pair.target_train_images[1:4])
+    assert len(host) == 10 and host.shape[1:] == (3, 24, 24)
+
+
 # ---------------------------------------------------------------------------- augmentation
 def test_augment_shapes_and_seed_determinism():
     images = torch.randint(0, 256, (6, 3, 24, 24), dtype=torch.uint8)

@@ -158,7 +158,9 @@ class HostImages:
 
     def index_select(self, dim: int, index: torch.Tensor) -> torch.Tensor:
         batch = self.images.index_select(dim, index.cpu())
-        return batch.pin_memory().to(self.device, non_blocking=True)
+        if self.device.type == "cuda":  # pinned: the copy can overlap the next kernels
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)
 
     def __getitem__(self, key) -> torch.Tensor:
         return self.images[key].to(self.device)
