@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--cache-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (usual, 2)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the main process (1, as OMP_NUM_THREADS=1 here: on a "
+                        "shared 2-core machine more threads stall in OpenMP barriers)")
     p.add_argument("--workdir", default=None, help="keep the images and cache here")
     p.add_argument("--json", default=None, help="write the figures to this file")
     return p.parse_args(argv)
@@ -149,6 +152,7 @@ def main(argv=None) -> dict:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         src, tgt = work / "images" / "source", work / "images" / "target"
@@ -162,8 +166,7 @@ def main(argv=None) -> dict:
     out["speedup"] = out["pipeline_batches_per_s"] / out["usual_pipeline_batches_per_s"]
     out["settings"] = {k: getattr(args, k) for k in ("per_domain", "width", "height", "batch",
                                                      "batches", "image_size", "cache_size",
-                                                     "workers", "device")}
-    out["threads"] = torch.get_num_threads()
+                                                     "workers", "device", "threads")}
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

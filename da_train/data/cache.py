@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -131,7 +132,26 @@ def cached_images(files: list[Path], size: int, cache_dir, workers: int = 0,
 
 
 def _map(path: Path, n: int, size: int) -> np.ndarray:
-    """Copy-on-write map: torch can wrap it (writable) and nothing is written back."""
+    """The cache file mapped copy-on-write (torch can wrap it; nothing is written back).
+
+    MAP_POPULATE maps every page at once: a random batch then never page-faults (first
+    touches of a plain mapping cost about 3 ms per 256x256 image here, more than the
+    augmentation), while the pages stay shared with the OS file cache (no second copy).
+    """
     if n == 0:
         return np.zeros((0, 3, size, size), np.uint8)
-    return np.memmap(path, np.uint8, "c", shape=(n, 3, size, size))
+    nbytes = n * 3 * size * size
+    flags = mmap.MAP_PRIVATE
+    if nbytes < 0.5 * _available_memory():  # a cache larger than RAM is paged in on demand
+        flags |= getattr(mmap, "MAP_POPULATE", 0)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), nbytes, flags=flags,
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    return np.frombuffer(mapped, np.uint8).reshape(n, 3, size, size)
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
