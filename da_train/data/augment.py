@@ -27,7 +27,7 @@ def normalise_images(x: torch.Tensor, mode: str) -> torch.Tensor:
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     if x.shape[1] != 3:
         mean, std = mean.mean(1, keepdim=True), std.mean(1, keepdim=True)
-    return x.mul_(1 / (255 * std)).sub_(mean / std)
+    return torch.addcmul(-mean / std, x, 1 / (255 * std))  # one pass over the batch
 
 
 def crop_params(n: int, device, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
