@@ -32,6 +32,7 @@ Examples::
         --json bench.json
     python scripts/bench.py --device cuda --override trainer.amp=true
     python scripts/bench.py --mmd-table --device cpu
+    python scripts/bench.py --pipeline folders --json out.json   # see scripts/bench_pipeline.py
 
 Exit status: 0 on success, 2 for bad arguments, a rejected config or missing data.
 """
@@ -278,7 +279,7 @@ def measure_trainer(args, cfg, overrides, data, device, mem: PeakMemory) -> dict
     from da_train.models import build_backbone
     from da_train.trainer import Trainer
 
-    backbone = build_backbone(cfg.backbone.name, data.num_classes, data.input_shape)
+    backbone = build_backbone(cfg.backbone, data.num_classes, data.input_shape)
     method = build_method(cfg.method, backbone)
     with tempfile.TemporaryDirectory(prefix="da-bench-") as run_dir:
         trainer = Trainer(cfg, method, data, Path(run_dir), device, overrides)
@@ -695,6 +696,14 @@ def print_mmd_table(out: dict) -> None:
 
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["--pipeline", "folders"] or "--pipeline=folders" in argv[:1]:
+        # the input pipeline alone, for your own image folders: scripts/bench_pipeline.py
+        sys.path.insert(0, str(Path(__file__).parent))
+        import bench_pipeline
+
+        bench_pipeline.main(argv[1:] if argv[0] == "--pipeline=folders" else argv[2:])
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     check_overrides(parser, args.override)

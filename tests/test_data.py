@@ -155,8 +155,8 @@ def test_to_keeps_missing_target_labels_missing():
 
 
 def test_unknown_pair_lists_choices():
-    with pytest.raises(DataError, match="mnist_mnistm, mnist01_23"):
-        load_pair(OmegaConf.create({"name": "svhn_mnist"}))
+    with pytest.raises(DataError, match="mnist_mnistm, mnist01_23, digits"):
+        load_pair(OmegaConf.create({"name": "office31"}))
 
 
 # --------------------------------------------------------------------------- mnist01_23

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from .arrays import arrays_pair
 from .bsds import missing_bsds
 from .core import DataError, DomainPair, Split
+from .digits import DIGIT_NAMES, digits_pair
 from .download import Missing, fetch_missing, missing_message
+from .folders import folders_pair
 from .mnist import load_mnist, missing_mnist, mnist_to_rgb32, select_digits
 from .mnistm import build_mnistm, load_mnistm_folder
 
@@ -25,9 +28,6 @@ def load_pair(data_cfg, with_target_labels: bool = False) -> DomainPair:
     if not with_target_labels:
         pair = dataclasses.replace(pair, target_train_labels=None)
     return pair
-
-
-DIGIT_NAMES = tuple(str(d) for d in range(10))
 
 
 def missing_files(cfg) -> list[Missing]:
@@ -104,4 +104,8 @@ def _mnist01_23(cfg) -> DomainPair:
                       2, target["train"].labels, ("0<-2", "1<-3"), cfg.get("normalize", "global"))
 
 
-PAIRS = {"mnist_mnistm": _mnist_mnistm, "mnist01_23": _mnist01_23}
+# data.name -> builder. Adding a dataset: a module with a builder, a conf/data file (with its
+# schema in schemas.py) and one line here.
+PAIRS = {"mnist_mnistm": _mnist_mnistm, "mnist01_23": _mnist01_23,
+         "digits": digits_pair, "mnist_usps": digits_pair, "usps_mnist": digits_pair,
+         "svhn_mnist": digits_pair, "folders": folders_pair, "arrays": arrays_pair}
