@@ -109,6 +109,9 @@ class ResumableSweeperMixin:
             if not batch:
                 continue
             self.validate_batch_is_legal(batch)
+            # launchers copy the environment into their workers: tell each job how many
+            # jobs share the machine (used by torch_threads)
+            os.environ[PARALLEL_ENV] = str(side_by_side(self.config.hydra.launcher, len(batch)))
             results = self.launcher.launch(batch, initial_job_idx=num - len(batch))
             SUMMARY["jobs"] += len(results)
             SUMMARY["failed"] += [f for f in map(_failure, results) if f is not None]
@@ -176,13 +179,26 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def parallel_jobs(launcher) -> int:
-    """How many jobs of this sweep share the machine, from the launcher's config."""
-    target = str(launcher.get("_target_", "")) if launcher is not None else ""
-    if "joblib" in target.lower():
+#: Environment variable through which the sweeper tells jobs how many run side by side.
+PARALLEL_ENV = "DA_TRAIN_PARALLEL_JOBS"
+
+
+def side_by_side(launcher, n_jobs: int) -> int:
+    """How many of ``n_jobs`` jobs run at the same time on one machine with this launcher."""
+    target = str(launcher.get("_target_", "")).lower() if launcher is not None else ""
+    if "joblib" in target:
         n = int(launcher.get("n_jobs") or 1)
-        return available_cores() + 1 + n if n < 0 else n  # joblib: -1 = all cores
-    return 1
+        return min(n_jobs, available_cores() + 1 + n if n < 0 else n)  # joblib: -1 = all
+    if "locallauncher" in target:  # submitit_local starts every job at once
+        return n_jobs
+    return 1  # the basic launcher runs one job after the other; Slurm gives each its CPUs
+
+
+def parallel_jobs(launcher) -> int:
+    """Jobs sharing this machine: what the sweeper said, else the launcher's config."""
+    told = os.environ.get(PARALLEL_ENV, "")
+    return int(told) if told.isdigit() and int(told) > 0 else \
+        side_by_side(launcher, available_cores())
 
 
 def torch_threads(requested: int, launcher) -> int:
