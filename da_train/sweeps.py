@@ -169,6 +169,22 @@ def register() -> None:
                    {"__module__": module_name, "__doc__": ResumableSweeperMixin.__doc__})
     module.ResumableSweeper = sweeper
     plugins.register(sweeper)
+    _rename_plugin_config("hydra/sweeper", "optuna", "optuna_plugin")
+
+
+def _rename_plugin_config(group: str, name: str, new_name: str) -> None:
+    """File a plugin's structured config under another name, so that our yaml of the same
+    name (conf/hydra/sweeper/optuna.yaml: da-train's defaults) can extend it. Hydra refuses a
+    yaml that shadows a structured config with a defaults list ("automatic schema
+    matching"). Does nothing when the plugin is not installed."""
+    from hydra.core.config_store import ConfigStore
+    store = ConfigStore.instance()
+    folder = store.repo
+    for part in group.split("/"):
+        folder = folder.get(part, {})
+    node = folder.pop(f"{name}.yaml", None) if isinstance(folder, dict) else None
+    if node is not None:
+        store.store(group=group, name=new_name, node=node.node, provider=node.provider)
 
 
 # ---------------------------------------------------------------------------- threads
