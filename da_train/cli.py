@@ -333,6 +333,7 @@ def _precheck(argv: list[str]) -> None:
     overrides = _user_overrides(argv)
     if overrides is None:
         return
+    sweeps.note_constants(overrides)
     message = _missing_plugin(overrides)
     try:
         check_override_keys(overrides)

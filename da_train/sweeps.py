@@ -81,6 +81,28 @@ def job_folder_name(job: list[str], swept: list[str], num: int) -> str:
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)[:200]
 
 
+#: Keys given one fixed value on the command line (set by cli.main, inherited by workers).
+CONSTANTS_ENV = "DA_TRAIN_SWEEP_CONSTANTS"
+
+
+def varying_overrides(task) -> str:
+    """Resolver ``da_varying``: a job's overrides without the command line's constants, for
+    sweepers other than ours (Optuna: the sampled parameters)."""
+    constants = set(filter(None, os.environ.get(CONSTANTS_ENV, "").split(",")))
+    parts = [str(o) for o in task if str(o).split("=", 1)[0].lstrip("+~") not in constants]
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(parts))[:200] or "job"
+
+
+def note_constants(overrides: list[str]) -> None:
+    """Remember which command-line keys are constants (not swept) for ``da_varying``."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra reports syntax errors itself
+        return
+    os.environ[CONSTANTS_ENV] = ",".join(o.get_key_element().lstrip("+~") for o in parsed
+                                         if not o.is_sweep_override())
+
+
 # ---------------------------------------------------------------------------- sweeper
 class ResumableSweeperMixin:
     """Hydra's basic sweeper, plus readable folder names and skip / resume / rerun
@@ -168,6 +190,7 @@ def register() -> None:
     sweeper = type("ResumableSweeper", (ResumableSweeperMixin, BasicSweeper),
                    {"__module__": module_name, "__doc__": ResumableSweeperMixin.__doc__})
     module.ResumableSweeper = sweeper
+    OmegaConf.register_new_resolver("da_varying", varying_overrides, replace=True)
     plugins.register(sweeper)
     _rename_plugin_config("hydra/sweeper", "optuna", "optuna_plugin")
 
@@ -219,13 +242,15 @@ def parallel_jobs(launcher) -> int:
 
 def torch_threads(requested: int, launcher) -> int:
     """``trainer.threads`` when set; on Slurm the CPUs the job was given; else the cores
-    divided by the jobs running side by side (at least 1)."""
+    divided by the jobs running side by side (at least 1). An ``OMP_NUM_THREADS`` the user
+    set is an upper bound for the automatic choice (shared machines, CI)."""
     if requested > 0:
         return requested
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
-    if slurm and slurm.isdigit():
-        return int(slurm)
-    return max(1, available_cores() // max(1, parallel_jobs(launcher)))
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    auto = int(slurm) if slurm.isdigit() else \
+        max(1, available_cores() // max(1, parallel_jobs(launcher)))
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return min(auto, int(omp)) if omp.isdigit() and int(omp) > 0 else auto
 
 
 # ---------------------------------------------------------------------------- objective

@@ -1,6 +1,7 @@
 """Sweeps that scale out (issue 16): launchers, preemption, resumable sweeps, Optuna."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -74,6 +75,8 @@ def test_joblib_runs_four_jobs_two_at_a_time(tiny_root, tmp_path):
         assert r["method"] == method and f"seed={seed}" in r["overrides"] and r["steps"] == 4
         # two jobs share the cores: each gets half of them (at least one thread)
         threads = max(1, sweeps.available_cores() // 2)
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        threads = min(threads, int(omp)) if omp.isdigit() and int(omp) > 0 else threads
         assert f"torch threads: {threads} " in (sweep / job / "cli.log").read_text()
 
 
@@ -184,6 +187,8 @@ def test_optuna_study_maximises_the_label_free_objective(tiny_root, tmp_path):
     assert proc.returncode == 0, proc.stderr
     trials = [results(p.parent) for p in sweep.glob("*/results.json")]
     assert len(trials) == 3
+    names = sorted(p.parent.name for p in sweep.glob("*/results.json"))
+    assert [n.split("=")[0] for n in names] == ["0_optim.lr", "1_optim.lr", "2_optim.lr"]
     assert {t["objective"]["name"] for t in trials} == {"source_acc"}
     assert all(t["objective"]["score"] == t["source_acc"] for t in trials)
     assert not any(t.get("oracle_selection") for t in trials)
@@ -211,6 +216,7 @@ def test_job_folder_name_keeps_only_swept_keys():
 
 def test_threads_share_cores_between_parallel_jobs(monkeypatch):
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(sweeps, "available_cores", lambda: 16)
     monkeypatch.setenv(sweeps.PARALLEL_ENV, "4")
     assert sweeps.torch_threads(0, None) == 4
@@ -221,6 +227,8 @@ def test_threads_share_cores_between_parallel_jobs(monkeypatch):
     assert sweeps.torch_threads(0, {**joblib, "n_jobs": -1}) == 1
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
     assert sweeps.torch_threads(0, None) == 6
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's cap
+    assert sweeps.torch_threads(0, None) == 2 and sweeps.torch_threads(5, None) == 5
 
 
 def test_objective_is_maximised_and_lower_is_better_scores_are_negated():
