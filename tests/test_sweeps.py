@@ -193,7 +193,7 @@ def test_optuna_study_maximises_the_label_free_objective(tiny_root, tmp_path):
     assert all(t["objective"]["score"] == t["source_acc"] for t in trials)
     assert not any(t.get("oracle_selection") for t in trials)
     best = (sweep / "optimization_results.yaml").read_text()
-    assert "direction: maximize" in (sweep / "multirun.yaml").read_text()
+    assert "direction: maximize" in (sweep / names[0] / ".hydra" / "hydra.yaml").read_text()
     assert f"best_value: {max(t['source_acc'] for t in trials)}" in best
 
 
