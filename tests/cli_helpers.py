@@ -29,5 +29,5 @@ def start_da_train(args, cwd):
 
 def small(root, steps=20, method="dann"):
     return [f"method={method}", f"data.root={root}", "data.download=false",
-            f"data.cache_root={root}", f"trainer.steps={steps}", "trainer.eval_every=10",
+            f"trainer.steps={steps}", "trainer.eval_every=10",
             "trainer.log_every=5", "trainer.batch_size=8", "trainer.embed_samples=16"]

@@ -100,7 +100,7 @@ def test_experiment_presets_all_run(tiny_root, tmp_path):
     ADDA counts its steps in method.pretrain_steps / method.adapt_steps, so its presets get
     their own sweep; together the two globs cover every file.
     """
-    common = [f"data.root={tiny_root}", "data.download=false", f"data.cache_root={tiny_root}",
+    common = [f"data.root={tiny_root}", "data.download=false",
               "trainer.steps=3", "trainer.batch_size=4", "trainer.embed_samples=0"]
     sweeps = [("experiment=glob(*,exclude=adda*)", []),
               # Hydra checks non-sweep overrides against the default config first (method=dann):
