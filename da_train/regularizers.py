@@ -6,10 +6,10 @@ Selected with the ``reg`` config group, e.g. ``da-train method=dann 'reg=[entrop
 
 After each ``method.training_step`` of the update that trains the classifier, the trainer
 replaces ``out.loss`` with ``apply_regularizers(...)``'s loss (``out.loss`` plus the terms).
-The terms read the step's own predictions (``out.target_logits`` / ``out.source_logits``,
-so no extra forward pass; computed with the method's ``predict_target`` / ``predict`` when a
-method does not return them) and, for VAT, the same functions on the batch's images. No
-target label is ever read.
+The terms read the step's own predictions (``out.target_logits`` or the label head on
+``out.target_features``, ``out.source_logits``: no extra forward pass; the method's
+``predict_target`` / ``predict`` when a method returns neither) and, for VAT, the same
+functions on the batch's images. No target label is ever read.
 
 Weight of a term at training progress p in [0, 1): 0 before ``start``; then ``weight`` with
 ``ramp: none``, or ``weight * (2 / (1 + exp(-gamma p)) - 1)`` with ``ramp: sigmoid`` (DANN's
@@ -141,7 +141,9 @@ class Regularizer:
 
 
 class _Context:
-    """The step's predictions, computed at most once and only if a term asks for them."""
+    """The step's predictions, computed at most once and only if a term asks for them:
+    ``out.target_logits`` if the method returned them, else the label head on
+    ``out.target_features`` (what dann_ent computed), else ``method.predict_target(xt)``."""
 
     def __init__(self, out, batch, method):
         self.out, self.batch, self.method = out, batch, method
@@ -150,7 +152,9 @@ class _Context:
 
     def target_logits(self) -> torch.Tensor:
         if self._target is None:
-            self._target = self.method.predict_target(self.batch.xt)
+            features = getattr(self.out, "target_features", None)
+            self._target = (self.method.backbone.classifier(features) if features is not None
+                            else self.method.predict_target(self.batch.xt))
         return self._target
 
     def source_logits(self) -> torch.Tensor:
