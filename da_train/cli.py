@@ -22,7 +22,6 @@ import warnings
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -31,15 +30,15 @@ from .config import ConfigError, register_schema, validate
 from .data import DataError, load_pair
 from .methods import METHODS, build_method
 from .models import build_backbone
-from .trainer import (
-    CHECKPOINT,
-    NonFiniteLossError,
-    RunInterrupted,
-    Trainer,
+from .runtime import (
+    flatten,
+    override_key,
     pick_device,
+    read_checkpoint,
     seed_everything,
     write_json,
 )
+from .trainer import CHECKPOINT, NonFiniteLossError, RunInterrupted, Trainer
 
 register_schema()
 
@@ -78,29 +77,19 @@ def _resume_target(cfg: DictConfig, run_dir: Path) -> Path | None:
 def _resumed_config(cfg: DictConfig, target: Path, overrides: list[str]) -> DictConfig:
     """The interrupted run's own config; only device/logging keys given on the command line
     (``RESUME_MAY_CHANGE``) replace the saved values."""
-    saved = torch.load(target / CHECKPOINT, map_location="cpu", weights_only=False)["config"]
+    saved = read_checkpoint(target / CHECKPOINT)["config"]
     resumed = OmegaConf.create(saved)
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    given = {override_key(o) for o in overrides}
     for key in RESUME_MAY_CHANGE:
         if key in given:
             OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
-    old = _flatten(saved)
-    changed = [key for key, value in _flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+    old = flatten(saved)
+    changed = [key for key, value in flatten(cfg).items()
                if key not in RESUME_MAY_CHANGE and old.get(key, value) != value]
     if changed:
         warnings.warn(f"resuming {target} with its saved config; ignoring the new values of "
                       f"{', '.join(sorted(changed))}", stacklevel=2)
     return resumed
-
-
-def _flatten(node: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _saved_overrides(run_dir: Path, fallback: list[str]) -> list[str]:

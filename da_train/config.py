@@ -1,16 +1,20 @@
-"""Structured config schema and value checks.
+"""The config schema of the groups every run has, and the value-rule machinery.
 
 Hydra merges the YAML files of ``conf/`` onto these dataclasses, so a wrong type
-(``method.lam=abc``) or a misspelt key (``trainer.step=5``) fails before training
-starts with a message naming the key. Each method has its own schema (``conf/method/<name>.yaml``
-starts from ``/method_schema/<name>``), so ``method.kernel_num`` exists for DDC and is
-rejected for DANN. Range checks that types cannot express live in :data:`RULES` / :func:`validate`.
+(``trainer.steps=abc``) or a misspelt key (``trainer.step=5``) fails before training starts,
+naming the key. A method's schema is not here: it lives in the method's own module
+(``da_train/methods/<name>.py``, a dataclass with its defaults and ``rules``), and
+:func:`register_schema` registers every discovered method as ``method_schema/<name>``; the
+top-level ``conf/config.yaml`` attaches the chosen method's schema under ``method``. Range
+checks that types cannot express are ``rules``: ``{key: (check, allowed-text)}``, checked by
+:func:`validate`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -20,79 +24,30 @@ class ConfigError(ValueError):
     """A config value is impossible; the message names the key, the value and the fix."""
 
 
-# ---------------------------------------------------------------------------- methods
+# ---------------------------------------------------------------------------- rules
+Rule = tuple[Callable[[Any], bool], str]
+
+POSITIVE: Rule = (lambda v: v > 0, "a number > 0")
+NONNEG: Rule = (lambda v: v >= 0, "a number >= 0")
+PROBABILITY: Rule = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+BETA: Rule = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def one_of(*choices: str) -> Rule:
+    """The value must be one of ``choices``."""
+    return (lambda v: v in choices, " or ".join(choices))
+
+
+# ---------------------------------------------------------------------------- schemas
 @dataclass
-class SourceOnlyConfig:
-    name: str = "source_only"
+class MethodConfig:
+    """Base of every method's schema: ``name`` is the method's module name (set when the
+    schema is registered). Subclasses add fields with defaults and ``rules`` for them."""
+
+    name: str = MISSING
+    rules: ClassVar[dict[str, Rule]] = {}
 
 
-@dataclass
-class TargetOnlyConfig:
-    name: str = "target_only"
-
-
-@dataclass
-class DannConfig:
-    name: str = "dann"
-    lam: float = 1.0
-    gamma: float = 10.0
-
-
-@dataclass
-class DannEntConfig(DannConfig):
-    name: str = "dann_ent"
-    ent_weight: float = 0.1
-
-
-@dataclass
-class DannPLConfig(DannEntConfig):
-    name: str = "dann_pl"
-    pl_weight: float = 1.0
-    threshold: float = 0.95
-    pl_start: float = 0.3
-
-
-@dataclass
-class DdcConfig:
-    name: str = "ddc"
-    lam: float = 1.0
-    kernel: str = "rbf"
-    kernel_num: int = 5
-    kernel_mul: float = 2.0
-    fix_sigma: Optional[float] = None
-    estimator: str = "biased"
-    layer: str = "features"
-    ramp: bool = False
-    gamma: float = 10.0
-
-
-@dataclass
-class AddaConfig:
-    name: str = "adda"
-    pretrain_steps: int = 5000
-    adapt_steps: int = 10000
-    disc_hidden: list[int] = field(default_factory=lambda: [500, 500])
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-
-
-@dataclass
-class SelfTrainingConfig:
-    name: str = "self_training"
-    lam: float = 1.0
-    threshold: float = 0.9
-    warmup_steps: int = 1000
-
-
-METHOD_SCHEMAS = {
-    "source_only": SourceOnlyConfig, "target_only": TargetOnlyConfig, "dann": DannConfig,
-    "dann_ent": DannEntConfig, "dann_pl": DannPLConfig,
-    "ddc": DdcConfig, "adda": AddaConfig, "self_training": SelfTrainingConfig,
-}
-
-
-# ---------------------------------------------------------------------------- the rest
 @dataclass
 class DataConfig:
     name: str = MISSING
@@ -112,7 +67,6 @@ class BackboneConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd_dann"
     type: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -137,13 +91,20 @@ class TrainerConfig:
     eval_batch_size: int = 256
     eval_samples: int = 2000
     tune_malloc: bool = True
-    embed_samples: int = 2000
+    embed_samples: int = 1000
     resume: Any = False
     detect_anomaly: bool = False
     threads: int = 0
     stop_on_collapse: bool = False
     figures: bool = False
-    # Test-only fault injection: make the loss NaN at this step (0 = never).
+    progress_every: float = 30.0
+
+
+@dataclass
+class DebugConfig:
+    """Developer switches for tests (``debug.*``), not listed in ``--help``."""
+
+    # make the loss NaN at this step (0 = never): tests the NaN stop and the checkpoint kept
     inject_nan_at: int = 0
 
 
@@ -156,78 +117,66 @@ class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 def register_schema() -> None:
+    """Put the top-level schema and every discovered method's schema into Hydra's store."""
+    from .methods import METHODS
+
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
-    for name, schema in METHOD_SCHEMAS.items():
-        store.store(group="method_schema", name=name, node=schema)
+    for name, method in METHODS.items():
+        store.store(group="method_schema", name=name, node=method.Config(name=name))
 
 
 # ---------------------------------------------------------------------------- ranges
-def _positive(v):
-    return v > 0
+WHOLE_POSITIVE: Rule = (lambda v: v > 0, "a whole number > 0")
+WHOLE_NONNEG: Rule = (lambda v: v >= 0, "a whole number >= 0")
+
+RULES: dict[str, Rule] = {
+    "seed": WHOLE_NONNEG,
+    "trainer.steps": WHOLE_POSITIVE,
+    "trainer.batch_size": (lambda v: v >= 2, "a whole number >= 2"),
+    "trainer.eval_every": WHOLE_POSITIVE,
+    "trainer.log_every": WHOLE_POSITIVE,
+    "trainer.ckpt_every": WHOLE_POSITIVE,
+    "trainer.eval_batch_size": WHOLE_POSITIVE,
+    "trainer.eval_samples": (lambda v: v >= 0,
+                             "a whole number >= 0 (0: always the full test splits)"),
+    "trainer.embed_samples": (lambda v: v >= 0,
+                              "a whole number >= 0 (0 turns the projector off)"),
+    "trainer.threads": (lambda v: v >= 0, "a whole number >= 0 (0: automatic)"),
+    "trainer.progress_every": NONNEG,
+    "trainer.device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
+                       "one of auto, cpu, cuda, cuda:N"),
+    "debug.inject_nan_at": WHOLE_NONNEG,
+    "optim.type": one_of("sgd", "adam"),
+    "optim.lr": POSITIVE,
+    "optim.momentum": BETA,
+    "optim.betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+                    "two numbers in [0, 1), e.g. [0.9,0.999]"),
+    "optim.weight_decay": NONNEG,
+    "optim.schedule": one_of("dann", "constant"),
+    "optim.anneal_alpha": NONNEG,
+    "optim.anneal_beta": NONNEG,
+    "data.mnistm": one_of("released", "build"),
+    "data.normalize": one_of("global", "instance"),
+}
 
 
-def _nonneg(v):
-    return v >= 0
+def all_rules(cfg: DictConfig) -> dict[str, Rule]:
+    """The general rules plus those of the chosen method (``method.<key>``)."""
+    from .methods import METHODS
 
-
-def _prob(v):
-    return 0 <= v <= 1
-
-
-RULES = [
-    ("seed", _nonneg, "a whole number >= 0"),
-    ("trainer.steps", _positive, "a whole number > 0"),
-    ("trainer.batch_size", lambda v: v >= 2, "a whole number >= 2"),
-    ("trainer.eval_every", _positive, "a whole number > 0"),
-    ("trainer.log_every", _positive, "a whole number > 0"),
-    ("trainer.ckpt_every", _positive, "a whole number > 0"),
-    ("trainer.eval_batch_size", _positive, "a whole number > 0"),
-    ("trainer.eval_samples", _nonneg, "a whole number >= 0 (0: always the full test splits)"),
-    ("trainer.embed_samples", _nonneg, "a whole number >= 0 (0 turns the projector off)"),
-    ("trainer.inject_nan_at", _nonneg, "a whole number >= 0"),
-    ("trainer.device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
-     "one of auto, cpu, cuda, cuda:N"),
-    ("method.lam", _nonneg, "a number >= 0"),
-    ("method.gamma", _nonneg, "a number >= 0"),
-    ("method.ent_weight", _nonneg, "a number >= 0"),
-    ("method.pl_weight", _nonneg, "a number >= 0"),
-    ("method.pl_start", _prob, "a fraction of training in [0, 1]"),
-    ("method.kernel", lambda v: v in ("rbf", "linear"), "rbf or linear"),
-    ("method.kernel_num", lambda v: v >= 1, "a whole number >= 1"),
-    ("method.kernel_mul", lambda v: v > 1, "a number > 1"),
-    ("method.fix_sigma", _positive, "a number > 0, or null for the mean-distance bandwidth"),
-    ("method.estimator", lambda v: v in ("biased", "unbiased"), "biased or unbiased"),
-    ("method.layer", lambda v: v in ("features", "logits"), "features or logits"),
-    ("method.pretrain_steps", _nonneg, "a whole number >= 0"),
-    ("method.adapt_steps", _positive, "a whole number > 0"),
-    ("method.disc_hidden", lambda v: len(v) >= 1 and all(h > 0 for h in v),
-     "a non-empty list of layer widths > 0, e.g. [500,500]"),
-    ("method.lr", _positive, "a number > 0"),
-    ("method.beta1", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("method.beta2", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("method.threshold", _prob, "a probability in [0, 1]"),
-    ("method.warmup_steps", _nonneg, "a whole number >= 0"),
-    ("optim.type", lambda v: v in ("sgd", "adam"), "sgd or adam"),
-    ("optim.lr", _positive, "a number > 0"),
-    ("optim.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
-     "two numbers in [0, 1), e.g. [0.9,0.999]"),
-    ("optim.weight_decay", _nonneg, "a number >= 0"),
-    ("optim.schedule", lambda v: v in ("dann", "constant"), "dann or constant"),
-    ("optim.anneal_alpha", _nonneg, "a number >= 0"),
-    ("optim.anneal_beta", _nonneg, "a number >= 0"),
-    ("data.mnistm", lambda v: v in ("released", "build"), "released or build"),
-    ("data.normalize", lambda v: v in ("global", "instance"), "global or instance"),
-]
+    method = METHODS.get(OmegaConf.select(cfg, "method.name"))
+    extra = {f"method.{k}": r for k, r in method.Config.rules.items()} if method else {}
+    return {**RULES, **extra}
 
 
 def validate(cfg: DictConfig) -> None:
     """Check ranges the schema's types cannot express; raise ConfigError on the first bad one."""
-    for key, ok, allowed in RULES:
+    for key, (ok, allowed) in all_rules(cfg).items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not ok(value):
             raise ConfigError(

@@ -1,40 +1,51 @@
 """One training loop for every method.
 
-The trainer owns sampling, optimisation, lr schedules, evaluation, logging, checkpoints,
-resume and signal handling; what is learned is entirely the method's business (see
-methods/base.py): the method lists its phases and, per step, the loss of each update.
+The trainer owns sampling, optimisation, lr schedules, evaluation, logging, checkpoints and
+resume; what is learned is entirely the method's business (see methods/base.py): the method
+lists its phases and, per step, the loss of each update. :meth:`Trainer.fit` is the whole
+loop, top to bottom; everything it calls is defined below it in the order it is called.
 
 Speed: data lives on the training device as uint8 tensors and batches are gathered by index
 there (no per-sample Python work); metrics are accumulated on the device and only read back
-(``.item()``) at logging intervals, so the loop never waits for the device in between.
+at logging intervals, so the loop never waits for the device in between.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
-import platform
-import random
-import signal
-import threading
+import sys
 import time
-from collections.abc import Callable
+from itertools import accumulate
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .config import ConfigError
-from .data import DomainPair, normalise
-from .methods import Batch, Method, Phase
+from .data import DomainPair
+from .methods import Batch, Method, Phase, StepOutput
 from .optim import build_optimizer, build_scheduler
+from .runtime import (
+    SignalCatcher,
+    atomic_torch_save,
+    device_name,
+    keep_freed_memory,
+    override_key,
+    package_versions,
+    read_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_json,
+)
 from .sampling import EpochSampler
 
 CHECKPOINT = "checkpoint.pt"
+#: Validation curves get at least this many points, however short the run.
+MIN_EVAL_POINTS = 5
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -45,6 +56,8 @@ class RunInterrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved. ``exit_code`` is 128 + signal."""
 
     def __init__(self, signum: int, step: int, run_dir: Path):
+        import signal
+
         self.signum, self.step, self.run_dir = signum, step, run_dir
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
@@ -52,160 +65,6 @@ class RunInterrupted(Exception):
                          f"continue with `da-train trainer.resume={run_dir}`.")
 
 
-# ---------------------------------------------------------------------------- helpers
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name} but no CUDA device is available; "
-                          "use trainer.device=cpu or trainer.device=auto.")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@torch.no_grad()
-def predict_all(predict, images: torch.Tensor, batch_size: int,
-                norm: Callable[[torch.Tensor], torch.Tensor] = normalise) -> torch.Tensor:
-    """Logits for a whole split in large batches (no host sync)."""
-    return torch.cat([predict(norm(images[i: i + batch_size])).float()
-                      for i in range(0, len(images), batch_size)])
-
-
-def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor,
-                     num_classes: int) -> torch.Tensor:
-    """Counts[true, predicted]: shows *which* classes a method confuses, e.g. a target class
-    mapped onto the wrong source class by domain alignment (see docs/results.md)."""
-    flat = labels.long() * num_classes + predicted.long()
-    return torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes).cpu()
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "torchvision", "hydra-core", "omegaconf", "da-train"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed heap memory in the process (Linux; a no-op elsewhere).
-
-    PyTorch's CPU allocator frees each step's activations; by default glibc serves large
-    blocks with mmap/munmap and trims the heap top, so the next step page-faults fresh,
-    zeroed pages again. Measured with scripts/bench.py on a 2-core CPU this costs 20-25% of a
-    DANN step. A fixed 32 MiB mmap threshold (the largest glibc accepts) and a 1 GiB trim
-    threshold keep those pages. Returns True when both settings were accepted.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)
-                    and libc.mallopt(m_trim_threshold, 2**30))
-    except (OSError, AttributeError):
-        return False
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temp file + rename) so a crash never leaves half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temp file, fsync, rename: a kill never leaves a broken checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def flat_hparams(cfg) -> dict:
-    flat = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(value, name + ".")
-            elif isinstance(value, (int, float, str, bool)):
-                flat[name] = value
-            else:
-                flat[name] = str(value)
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
-
-
-class SignalCatcher:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step.
-
-    The loop then saves a checkpoint and stops cleanly; a second signal exits at once.
-    Only installed in the main thread (Python's rule for signal handlers).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            os._exit(128 + signum)
-        self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-# ---------------------------------------------------------------------------- trainer
 class Trainer:
     def __init__(self, cfg, method: Method, data: DomainPair, run_dir: Path,
                  device: torch.device, overrides: list[str] | None = None):
@@ -225,7 +84,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.overrides = overrides or []
         self.phases: list[Phase] = method.phases(self.tcfg.steps)
-        self.total_steps = sum(p.steps for p in self.phases)
+        self.phase_starts = list(accumulate([0] + [p.steps for p in self.phases]))
+        self.total_steps = self.phase_starts[-1]
+        self.eval_every = min(self.tcfg.eval_every,
+                              max(1, self.total_steps // MIN_EVAL_POINTS))
         bs = self.tcfg.batch_size
         self.source_sampler = EpochSampler(len(data.source_train.labels), bs, device,
                                            cfg.seed, stream=0)
@@ -235,24 +97,67 @@ class Trainer:
         self.phase_index = -1
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict = {}
+        self.meter = Meter()
         self.last_eval: dict[str, float] = {}
         # rows: true target class, columns: predicted class (final, full evaluation only)
         self.target_confusion: torch.Tensor | None = None
         self.eval_seconds = 0.0
         self.purge_step: int | None = None
 
-    # ------------------------------------------------------------------ phases
-    def _phase_at(self, step: int) -> tuple[int, int]:
-        """(phase index, first step of that phase) for global ``step``."""
-        start = 0
-        for i, phase in enumerate(self.phases):
-            if step < start + phase.steps:
-                return i, start
-            start += phase.steps
-        return len(self.phases) - 1, start - self.phases[-1].steps
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        """Train to the end (or resume to it), write results.json and return its contents."""
+        writer = self._open_logs()
+        clock = Clock(self.step, self.tcfg.progress_every)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.method.name,
+                   dynamic_ncols=True, disable=None)
+        self.method.train()
+        with (self.run_dir / "metrics.jsonl").open("a") as metrics_file, SignalCatcher() as \
+                signals, torch.autograd.set_detect_anomaly(self.tcfg.detect_anomaly):
+            while self.step < self.total_steps:
+                phase, progress = self.enter_phase()
+                batch = self.sample()
+                for update in phase.updates:
+                    out = self.optimise(update, batch, progress)
+                    self.meter.add(self._loss_key(update), out, batch, self.step + 1)
+                self.step += 1
+                bar.update(1)
 
-    def _enter_phase(self, index: int, fresh: bool) -> None:
-        """Build the optimisers of phase ``index``; ``fresh`` runs the method's start hook."""
+                done = self.step == self.total_steps
+                evaluate = done or self.step % self.eval_every == 0 or self.phase_ends()
+                checkpoint = done or self.step % self.tcfg.ckpt_every == 0 or signals.signum
+                if evaluate or checkpoint or self.step % self.tcfg.log_every == 0:
+                    record = self.meter.flush(self.run_dir / CHECKPOINT)  # the one host sync
+                    record |= self.lr_record() | clock.rate(self.step)
+                    if evaluate:
+                        self.last_eval = self.evaluate(full=done)
+                        record.update({f"val/{k}": v for k, v in self.last_eval.items()})
+                    self.write_record(writer, metrics_file, record)
+                    bar.set_postfix(self.postfix(record), refresh=False)
+                    clock.maybe_report(self.step, self.total_steps, record)
+                if checkpoint:
+                    self.save_checkpoint()
+                if evaluate or checkpoint:
+                    clock.restart(self.step)  # throughput excludes evaluation and saving
+                if signals.signum and not done:
+                    bar.close()
+                    writer.close()
+                    self._status("interrupted", signal=signals.name)
+                    raise RunInterrupted(signals.signum, self.step, self.run_dir)
+        bar.close()
+        return self.finish(writer, clock.wall())
+
+    # ------------------------------------------------------------------ one step
+    def enter_phase(self) -> tuple[Phase, float]:
+        """The phase of the current step (entering it when it starts) and its progress."""
+        index = max(i for i, start in enumerate(self.phase_starts[:-1]) if start <= self.step)
+        if index != self.phase_index:
+            self._build_optimizers(index, fresh=True)
+        phase = self.phases[index]
+        return phase, (self.step - self.phase_starts[index]) / phase.steps
+
+    def _build_optimizers(self, index: int, fresh: bool) -> None:
+        """The optimisers of phase ``index``; ``fresh`` runs the method's start hook."""
         phase = self.phases[index]
         if fresh:
             self.method.start_phase(phase)
@@ -265,9 +170,103 @@ class Trainer:
             self.schedulers[update] = build_scheduler(opt, settings, phase.steps)
         self.phase_index = index
 
+    def sample(self) -> Batch:
+        """A source and a target batch, gathered by index on the device."""
+        src, tgt = self.source_sampler(), self.target_sampler()
+        data = self.data
+        yt = data.target_train_labels[tgt] if self.method.needs_target_labels else None
+        return Batch(data.train_view(data.source_train.gather(src)),
+                     data.source_train.labels.index_select(0, src),
+                     data.train_view(data.target_train_images.index_select(0, tgt)), yt)
+
+    def optimise(self, update: str, batch: Batch, progress: float) -> StepOutput:
+        """Forward the method for ``update``, back-propagate, step its optimiser and lr."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.tcfg.amp and self.device.type == "cuda"):
+            out = self.method.training_step(update, batch, progress)
+        if self.step + 1 == self.cfg.debug.inject_nan_at:
+            out.loss = out.loss * float("nan")
+        optimizer = self.optimizers[update]
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        self.schedulers[update].step()
+        return out
+
+    def _loss_key(self, update: str) -> str:
+        return "loss" if len(self.optimizers) == 1 else f"loss_{update}"
+
+    def phase_ends(self) -> bool:
+        """True at the last step of a phase that is not the last (e.g. end of ADDA stage 1)."""
+        return self.step in self.phase_starts[1:-1]
+
+    # ------------------------------------------------------------------ logging
+    def _open_logs(self) -> SummaryWriter:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._status("running")
+        return SummaryWriter(str(self.run_dir / "tb"), purge_step=self.purge_step)
+
+    def lr_record(self) -> dict[str, float]:
+        single = len(self.optimizers) == 1
+        return {"train/lr" if single else f"train/lr_{update}": opt.param_groups[0]["lr"]
+                for update, opt in self.optimizers.items()}
+
+    def write_record(self, writer, metrics_file, record: dict) -> None:
+        for key, value in record.items():
+            writer.add_scalar(key, value, self.step)
+        metrics_file.write(json.dumps({"step": self.step, **record}) + "\n")
+        metrics_file.flush()
+
+    def postfix(self, record: dict) -> dict:
+        out = {k.split("/")[1]: f"{v:.3f}" for k, v in record.items()
+               if k.startswith("train/loss")}
+        if self.last_eval:
+            out["tgt"] = f"{self.last_eval['target_acc']:.3f}"
+        return out
+
+    def _status(self, status: str, **extra) -> None:
+        write_json(self.run_dir / "status.json", {"status": status, "step": self.step, **extra})
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, full: bool = True) -> dict[str, float]:
+        """Source and target test accuracy (+ the method's extra target metrics).
+
+        ``full=False`` (intermediate curves) uses the first ``trainer.eval_samples`` test
+        images of each domain, so evaluation stays a small share of the run; the final
+        evaluation, the one in results.json, always uses the full test splits.
+        """
+        start = time.perf_counter()
+        was_training = self.method.training
+        self.method.eval()
+        n = None if full or self.tcfg.eval_samples == 0 else self.tcfg.eval_samples
+        src, tgt = self.data.source_test, self.data.target_test
+        src_logits = self.predict_all(self.method.predict, src.images[:n])
+        tgt_logits = self.predict_all(self.method.predict_target, tgt.images[:n])
+        tgt_pred = tgt_logits.argmax(1)
+        metrics = {
+            "source_acc": (src_logits.argmax(1) == src.labels[:n]).float().mean(),
+            "target_acc": (tgt_pred == tgt.labels[:n]).float().mean(),
+            **self.method.eval_metrics(tgt_logits, tgt.labels[:n]),
+        }
+        if full:
+            self.target_confusion = confusion_matrix(tgt_pred, tgt.labels, tgt_logits.shape[1])
+        self.method.train(was_training)
+        self.eval_seconds += time.perf_counter() - start
+        return {k: float(v) for k, v in metrics.items()}
+
+    @torch.no_grad()
+    def predict_all(self, predict, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a whole split in large batches (no host sync)."""
+        bs = self.tcfg.eval_batch_size
+        return torch.cat([predict(self.data.eval_view(images[i: i + bs])).float()
+                          for i in range(0, len(images), bs)])
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
+        """Everything needed to continue bit for bit, as tensors and plain containers (loads
+        with ``weights_only=True``)."""
         state = {
+            "format": 2,
             "method": self.method.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
@@ -285,10 +284,10 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore everything a checkpoint holds, so the run continues bit for bit."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = read_checkpoint(path, map_location=self.device)
         self.method.load_state_dict(state["method"])
         self.step = state["step"]
-        self._enter_phase(state["phase_index"], fresh=False)
+        self._build_optimizers(state["phase_index"], fresh=False)
         for key, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][key])
             self.schedulers[key].load_state_dict(state["schedulers"][key])
@@ -300,117 +299,33 @@ class Trainer:
         self.eval_seconds = state["eval_seconds"]
         self.purge_step = self.step + 1
 
-    # ------------------------------------------------------------------ pieces
-    def evaluate(self, full: bool = True) -> dict[str, float]:
-        """Source and target test accuracy (+ the method's extra target metrics).
+    # ------------------------------------------------------------------ the end
+    def finish(self, writer, wall: float) -> dict:
+        """results.json, the projector and the HParams entry; status "completed"."""
+        results = self.results(wall)
+        self.add_embedding(writer)
+        writer.add_hparams(self.hparams(), {"hparam/target_acc": results["target_acc"],
+                                            "hparam/source_acc": results["source_acc"]},
+                           run_name=".", global_step=self.step)
+        writer.close()
+        write_json(self.run_dir / "results.json", results)
+        self._status("completed")
+        return results
 
-        ``full=False`` (intermediate curves) uses the first ``trainer.eval_samples`` test
-        images of each domain, so evaluation stays a small share of the run; the final
-        evaluation, the one in results.json, always uses the full test splits.
-        """
-        start = time.perf_counter()
-        was_training = self.method.training
-        self.method.eval()
-        bs, data = self.tcfg.eval_batch_size, self.data
-        n = None if full or self.tcfg.eval_samples == 0 else self.tcfg.eval_samples
-        src, tgt = data.source_test, data.target_test
-        view = self.data.eval_view
-        src_logits = predict_all(self.method.predict, src.images[:n], bs, view)
-        tgt_logits = predict_all(self.method.predict_target, tgt.images[:n], bs, view)
-        tgt_pred = tgt_logits.argmax(1)
-        metrics = {
-            "source_acc": (src_logits.argmax(1) == src.labels[:n]).float().mean(),
-            "target_acc": (tgt_pred == tgt.labels[:n]).float().mean(),
-            **self.method.eval_metrics(tgt_logits, tgt.labels[:n]),
-        }
-        if full:
-            self.target_confusion = confusion_matrix(tgt_pred, tgt.labels, tgt_logits.shape[1])
-        self.method.train(was_training)
-        out = {k: float(v) for k, v in metrics.items()}
-        self.eval_seconds += time.perf_counter() - start
-        return out
+    def hparams(self) -> dict:
+        """Method, pair and seed first, then every key the command line set (the swept keys
+        of a sweep); keys left at their defaults are the same in every run, so left out."""
+        chosen = {"method.name": self.cfg.method.name, "data.name": self.cfg.data.name,
+                  "seed": self.cfg.seed}
+        for key in (override_key(o) for o in self.overrides):
+            value = OmegaConf.select(self.cfg, key, default=None)
+            if key not in chosen and not key.startswith("hydra") and value is not None:
+                chosen[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        return chosen
 
-    def _batch(self) -> Batch:
-        src, tgt = self.source_sampler(), self.target_sampler()
-        data = self.data
-        yt = data.target_train_labels[tgt] if self.method.needs_target_labels else None
-        return Batch(data.train_view(data.source_train.gather(src)),
-                     data.source_train.labels.index_select(0, src),
-                     data.train_view(data.target_train_images.index_select(0, tgt)), yt)
-
-    def _train_step(self, sums: dict, first_bad: dict) -> None:
-        """One step: every update of the current phase, in order. Nothing here syncs."""
-        index, start = self._phase_at(self.step)
-        if index != self.phase_index:
-            self._enter_phase(index, fresh=True)
-        phase = self.phases[index]
-        progress = (self.step - start) / phase.steps
-        batch = self._batch()
-        single = len(phase.updates) == 1
-        for update in phase.updates:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                enabled=self.tcfg.amp and self.device.type == "cuda"):
-                out = self.method.training_step(update, batch, progress)
-            loss = out.loss
-            if self.step + 1 == self.tcfg.inject_nan_at:
-                loss = loss * float("nan")
-            optimizer = self.optimizers[update]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            self.schedulers[update].step()
-            loss_key = "loss" if single else f"loss_{update}"
-            self._accumulate(sums, {loss_key: loss.detach(), **out.logs})
-            self._track_non_finite(first_bad, loss_key, loss.detach())
-
-    def _accumulate(self, sums: dict, logs: dict) -> None:
-        for key, value in logs.items():
-            value = value.detach().float() if torch.is_tensor(value) else float(value)
-            total, n = sums.get(key, (0.0, 0))
-            sums[key] = (total + value, n + 1)
-
-    def _track_non_finite(self, first_bad: dict, key: str, loss: torch.Tensor) -> None:
-        """Remember (on the device, no sync) the first step at which ``key`` was not finite."""
-        step = self.step + 1
-        bad = first_bad.get(key)
-        flag = ~torch.isfinite(loss)
-        if bad is None:
-            first_bad[key] = torch.where(flag, step, 0)
-        else:
-            first_bad[key] = torch.where(flag & (bad == 0), step, bad)
-
-    def _check_finite(self, first_bad: dict) -> None:
-        bad = {k: int(v) for k, v in first_bad.items() if int(v) > 0}
-        if bad:
-            key, step = min(bad.items(), key=lambda kv: kv[1])
-            raise NonFiniteLossError(
-                f"train/{key} became NaN or inf at step {step}; the run stopped and the last "
-                f"good checkpoint is kept in {self.run_dir / CHECKPOINT}. Lower optim.lr or the "
-                "method's weights (e.g. method.lam), or rerun with trainer.detect_anomaly=true "
-                "to find the operation that produced it.")
-
-    # ------------------------------------------------------------------ logging
-    def _status(self, status: str, **extra) -> None:
-        write_json(self.run_dir / "status.json", {"status": status, "step": self.step, **extra})
-
-    def _log(self, writer, metrics_file, sums: dict, tick: list) -> dict:
-        record = {f"train/{k}": float(total / n) for k, (total, n) in sums.items()}
-        now = time.perf_counter()
-        record["train/steps_per_s"] = (self.step - tick[1]) / max(now - tick[0], 1e-9)
-        tick[:] = [now, self.step]
-        for update, opt in self.optimizers.items():
-            name = "train/lr" if len(self.optimizers) == 1 else f"train/lr_{update}"
-            record[name] = opt.param_groups[0]["lr"]
-        return record
-
-    def _write(self, writer, metrics_file, record: dict) -> None:
-        for key, value in record.items():
-            writer.add_scalar(key, value, self.step)
-        metrics_file.write(json.dumps({"step": self.step, **record}) + "\n")
-        metrics_file.flush()
-
-    def _add_embedding(self, writer) -> None:
-        """Source + target test features in the TensorBoard projector (domain, class, image)."""
+    def add_embedding(self, writer) -> None:
+        """Source + target test features in the TensorBoard projector (domain, class, image),
+        reduced to 32 dimensions by PCA so the run folder stays small."""
         n = self.tcfg.embed_samples // 2
         if n == 0:
             return
@@ -423,90 +338,18 @@ class Trainer:
                 feats.append(self.method.embed(self.data.eval_view(x), domain)
                              .float().flatten(1).cpu())
                 meta += [[domain, str(int(y))] for y in split.labels[:n].cpu()]
-                img = x.float().cpu() / 255.0
-                images.append(img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img)
+                images.append(thumbnails(x))
             self.method.train()
-        writer.add_embedding(torch.cat(feats), metadata=meta, label_img=torch.cat(images),
+        feats = torch.cat(feats)
+        if feats.shape[1] > 32 and feats.shape[0] > 32:
+            u, s, _ = torch.pca_lowrank(feats, q=32)
+            feats = u * s
+        label_img = torch.cat(images) if images[0] is not None else None
+        writer.add_embedding(feats, metadata=meta, label_img=label_img,
                              metadata_header=["domain", "class"], global_step=self.step,
                              tag="features")
 
-    # ------------------------------------------------------------------ loop
-    def fit(self) -> dict:
-        """Train to the end (or resume to it) and write results.json; see module docstring."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._status("running")
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.purge_step)
-        start = time.perf_counter()
-        with (self.run_dir / "metrics.jsonl").open("a") as metrics_file, SignalCatcher() as sig, \
-                torch.autograd.set_detect_anomaly(self.tcfg.detect_anomaly):
-            try:
-                self._loop(writer, metrics_file, sig)
-            finally:
-                writer.flush()
-        wall = time.perf_counter() - start
-        results = self._results(wall)
-        self._add_embedding(writer)
-        writer.add_hparams(flat_hparams(self.cfg),
-                           {"hparam/target_acc": results["target_acc"],
-                            "hparam/source_acc": results["source_acc"]},
-                           run_name=".", global_step=self.step)
-        writer.close()
-        write_json(self.run_dir / "results.json", results)
-        self._status("completed")
-        return results
-
-    def _loop(self, writer, metrics_file, sig: SignalCatcher) -> None:
-        tc = self.tcfg
-        sums: dict = {}
-        first_bad: dict = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.method.name,
-                   dynamic_ncols=True, disable=None)
-        self.method.train()
-        tick = [time.perf_counter(), self.step]
-        while self.step < self.total_steps:
-            self._train_step(sums, first_bad)
-            self.step += 1
-            bar.update(1)
-            done = self.step == self.total_steps
-            is_eval = self.step % tc.eval_every == 0 or done or self._phase_ends()
-            is_ckpt = self.step % tc.ckpt_every == 0 or done
-            if self.step % tc.log_every == 0 or is_eval or is_ckpt or sig.signum:
-                self._check_finite(first_bad)
-                record = self._log(writer, metrics_file, sums, tick)
-                if is_eval:
-                    self.last_eval = self.evaluate(full=done)
-                    record.update({f"val/{k}": v for k, v in self.last_eval.items()})
-                self._write(writer, metrics_file, record)
-                bar.set_postfix(self._postfix(record))
-                sums = {}
-            if is_ckpt or sig.signum:
-                self.save_checkpoint()
-            if is_eval or is_ckpt:
-                tick[:] = [time.perf_counter(), self.step]  # throughput excludes eval and saving
-            if sig.signum and not done:
-                bar.close()
-                writer.flush()
-                self._status("interrupted", signal=signal.Signals(sig.signum).name)
-                raise RunInterrupted(sig.signum, self.step, self.run_dir)
-        bar.close()
-
-    def _phase_ends(self) -> bool:
-        """True at the last step of a phase that is not the last (e.g. end of ADDA stage 1)."""
-        boundary = 0
-        for phase in self.phases[:-1]:
-            boundary += phase.steps
-            if self.step == boundary:
-                return True
-        return False
-
-    def _postfix(self, record: dict) -> dict:
-        out = {k.split("/")[1]: f"{v:.3f}" for k, v in record.items()
-               if k.startswith("train/loss")}
-        if self.last_eval:
-            out["tgt"] = f"{self.last_eval['target_acc']:.3f}"
-        return out
-
-    def _results(self, wall: float) -> dict:
+    def results(self, wall: float) -> dict:
         return {
             "status": "completed",
             "method": self.cfg.method.name,
@@ -518,6 +361,8 @@ class Trainer:
             **{k: v for k, v in self.last_eval.items() if k not in ("source_acc", "target_acc")},
             **({"target_confusion": self.target_confusion.tolist()}
                if self.target_confusion is not None else {}),
+            "class_names": self.data.names(),
+            "sizes": self.data.sizes(),
             "steps": self.step,
             "phases": {p.name: p.steps for p in self.phases},
             "wall_time_s": wall,
@@ -529,3 +374,102 @@ class Trainer:
             "overrides": self.overrides,
             "run_dir": str(self.run_dir),
         }
+
+
+# ---------------------------------------------------------------------------- helpers
+class Meter:
+    """Running means of the logged training terms, kept on the device (no host sync), and
+    the first step at which a loss was not finite."""
+
+    def __init__(self):
+        self.sums: dict[str, tuple] = {}
+        self.first_bad: dict[str, torch.Tensor] = {}
+
+    def add(self, loss_key: str, out: StepOutput, batch: Batch, step: int) -> None:
+        loss = out.loss.detach()
+        logs = {loss_key: loss, **out.logs}
+        if out.source_logits is not None:
+            logs["source_acc"] = (out.source_logits.detach().argmax(1) == batch.ys).float().mean()
+        for key, value in logs.items():
+            value = value.detach().float() if torch.is_tensor(value) else float(value)
+            total, n = self.sums.get(key, (0.0, 0))
+            self.sums[key] = (total + value, n + 1)
+        flag = ~torch.isfinite(loss)
+        bad = self.first_bad.get(loss_key)
+        self.first_bad[loss_key] = (torch.where(flag, step, 0) if bad is None
+                                    else torch.where(flag & (bad == 0), step, bad))
+
+    def flush(self, checkpoint: Path) -> dict[str, float]:
+        """The means since the last flush as floats (raises on a non-finite loss)."""
+        bad = {k: int(v) for k, v in self.first_bad.items() if int(v) > 0}
+        if bad:
+            key, step = min(bad.items(), key=lambda kv: kv[1])
+            raise NonFiniteLossError(
+                f"train/{key} became NaN or inf at step {step}; the run stopped and the last "
+                f"good checkpoint is kept in {checkpoint}. Lower optim.lr or the method's "
+                "weights (e.g. method.lam), or rerun with trainer.detect_anomaly=true to find "
+                "the operation that produced it.")
+        record = {f"train/{k}": float(total / n) for k, (total, n) in self.sums.items()}
+        self.sums = {}
+        return record
+
+
+class Clock:
+    """Training throughput (excluding evaluation and checkpoints), wall time, and a plain
+    progress line every ``trainer.progress_every`` seconds when stdout is not a terminal
+    (Slurm, nohup, CI: tqdm is silent there), to stdout and cli.log through logging."""
+
+    def __init__(self, step: int, every: float):
+        self.start = time.perf_counter()
+        self.tick, self.tick_step = self.start, step
+        self.first_step = step
+        self.last_report = -math.inf
+        self.every = every
+
+    def restart(self, step: int) -> None:
+        self.tick, self.tick_step = time.perf_counter(), step
+
+    def rate(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        return {"train/steps_per_s": (step - self.tick_step) / max(now - self.tick, 1e-9)}
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.start
+
+    def maybe_report(self, step: int, total: int, record: dict) -> None:
+        now = time.perf_counter()
+        if sys.stdout.isatty() or (now - self.last_report < self.every and step < total):
+            return
+        self.last_report = now
+        rate = (step - self.first_step) / max(now - self.start, 1e-9)
+        eta = (total - step) / rate if rate > 0 else math.inf
+        losses = " ".join(f"{k[6:]}={v:.4f}" for k, v in record.items()
+                          if k.startswith("train/loss"))
+        target = record.get("val/target_acc")
+        log.info(f"step {step}/{total} ({rate:.1f} steps/s, ETA {_duration(eta)}) {losses}"
+                 + (f" target_acc={target:.4f}" if target is not None else ""))
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor,
+                     num_classes: int) -> torch.Tensor:
+    """Counts[true, predicted]: shows *which* classes a method confuses, e.g. a target class
+    mapped onto the wrong source class by domain alignment (see docs/results.md)."""
+    flat = labels.long() * num_classes + predicted.long()
+    return torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes).cpu()
+
+
+def thumbnails(images: torch.Tensor) -> torch.Tensor | None:
+    """uint8 N x C x H x W images -> float RGB in [0, 1] for the projector's sprite (None for
+    inputs that are not images, e.g. vectors or signals)."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
+        return None
+    img = images.float().cpu() / 255.0
+    return img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img

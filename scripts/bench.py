@@ -139,7 +139,7 @@ def check_overrides(parser: argparse.ArgumentParser, overrides: list[str]) -> No
 # ---------------------------------------------------------------------------- helpers
 def tune_malloc() -> bool:
     """The trainer's glibc setting (da_train.trainer.keep_freed_memory), process-wide."""
-    from da_train.trainer import keep_freed_memory
+    from da_train.runtime import keep_freed_memory
 
     return keep_freed_memory()
 
@@ -512,7 +512,7 @@ def run_bench(args) -> dict:
     from da_train.config import validate
     from da_train.data import load_pair
     from da_train.methods import METHODS
-    from da_train.trainer import device_name, pick_device, seed_everything
+    from da_train.runtime import device_name, pick_device, seed_everything
 
     trainer_steps = plan_trainer_steps(args.steps, args.warmup, args.repeats)
     bench_keys = [f"trainer.steps={trainer_steps}", f"trainer.log_every={args.steps}",
@@ -658,8 +658,8 @@ def rss_peak_bytes(fn) -> int:
 def mmd_table(args) -> dict:
     import torch
 
-    from da_train.methods.mmd import mmd2
-    from da_train.trainer import device_name, pick_device
+    from da_train.losses.mmd import mmd2
+    from da_train.runtime import device_name, pick_device
 
     device = pick_device(args.device)
     rows = []

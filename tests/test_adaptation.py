@@ -4,56 +4,14 @@ The shift is two moons rotated by 35 degrees (source: unrotated); the backbone i
 Seeds, step counts and margins were checked on several seeds (see each assertion).
 """
 
-import math
-
-import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from toy import toy_config, train
 
-from da_train.config import METHOD_SCHEMAS, Config
 from da_train.data import DomainPair, Split, normalise
 from da_train.methods import build_method
 from da_train.models import build_backbone
-from da_train.trainer import Trainer, seed_everything
-
-
-def two_moons(n, rng, angle_deg=0.0, noise=0.1):
-    half = n // 2
-    t1, t2 = rng.uniform(0, math.pi, half), rng.uniform(0, math.pi, n - half)
-    x = np.concatenate([np.stack([np.cos(t1), np.sin(t1)], 1),
-                        np.stack([1 - np.cos(t2), 0.5 - np.sin(t2)], 1)])
-    x += rng.normal(0, noise, x.shape)
-    x -= x.mean(0)
-    a = math.radians(angle_deg)
-    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    y = np.concatenate([np.zeros(half), np.ones(n - half)])
-    return torch.tensor(x @ rot.T, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
-
-
-def moons_pair(angle=35.0):
-    rng = np.random.default_rng(0)
-    s_train, s_test = Split(*two_moons(600, rng)), Split(*two_moons(600, rng))
-    t_train, t_test = Split(*two_moons(600, rng, angle)), Split(*two_moons(600, rng, angle))
-    return DomainPair(s_train, t_train.images, s_test, t_test, 2)
-
-
-def toy_config(method: str, steps=1500, lr=0.05, seed=0, **method_options):
-    """A full config for the toy problem (the same schema the CLI uses)."""
-    base = OmegaConf.merge(OmegaConf.structured(Config),
-                           {"method": OmegaConf.structured(METHOD_SCHEMAS[method])})
-    return OmegaConf.merge(base, {
-        "seed": seed, "method": method_options,
-        "data": {"name": "moons"}, "backbone": {"name": "mlp"}, "optim": {"lr": lr},
-        "trainer": {"steps": steps, "batch_size": 64, "eval_every": steps, "log_every": 500,
-                    "embed_samples": 0},
-    })
-
-
-def train(cfg, run_dir):
-    seed_everything(cfg.seed)
-    method = build_method(cfg.method, build_backbone("mlp", 2, (2,)))
-    return Trainer(cfg, method, moons_pair(), run_dir, torch.device("cpu")).fit()
+from da_train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +69,7 @@ def test_trainer_normalises_batches_and_evaluation_with_data_normalize(tmp_path,
     cfg = toy_config("source_only", steps=2)
     method = build_method(cfg.method, build_backbone("mlp", 2, (3, 8, 8)))
     trainer = Trainer(cfg, method, pair, tmp_path, torch.device("cpu"))
-    xt = trainer._batch().xt
+    xt = trainer.sample().xt
     per_channel_mean = xt.mean(dim=(2, 3)).abs().max()
     if mode == "instance":
         assert per_channel_mean < 1e-5

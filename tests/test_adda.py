@@ -2,18 +2,15 @@
 
 import torch
 import torch.nn.functional as F
-from test_adaptation import moons_pair, toy_config
+from toy import moons_pair, run_steps, toy_config, toy_trainer
 
 from da_train.methods import METHODS, Batch, build_method
 from da_train.models import build_backbone
-from da_train.trainer import Trainer, seed_everything
+from da_train.trainer import Trainer
 
 
 def adda_trainer(tmp_path, pretrain=30, adapt=20):
-    cfg = toy_config("adda", pretrain_steps=pretrain, adapt_steps=adapt)
-    seed_everything(0)
-    method = build_method(cfg.method, build_backbone("mlp", 2, (2,)))
-    return Trainer(cfg, method, moons_pair(), tmp_path, torch.device("cpu"))
+    return toy_trainer(toy_config("adda", pretrain_steps=pretrain, adapt_steps=adapt), tmp_path)
 
 
 def snapshot(module):
@@ -23,23 +20,17 @@ def snapshot(module):
 def test_adda_phases_copy_freeze_and_train_target_encoder(tmp_path):
     trainer = adda_trainer(tmp_path)
     method = trainer.method
-    sums, bad = {}, {}
-    for _ in range(30):  # stage 1
-        trainer._train_step(sums, bad)
-        trainer.step += 1
+    run_steps(trainer, 30)  # stage 1
     source_encoder, classifier = snapshot(method.backbone.features), \
         snapshot(method.backbone.classifier)
-    trainer._train_step(sums, bad)  # first adaptation step: copy, then one update
-    trainer.step += 1
+    run_steps(trainer, 1)  # first adaptation step: copy, then one update
     # the copy happened before the first encoder update: check against a fresh copy
     fresh = adda_trainer(tmp_path / "b")
     fresh.method.load_state_dict(method.state_dict())
     fresh.method.start_phase(fresh.phases[1])
     for key, value in fresh.method.target_encoder.state_dict().items():
         assert torch.equal(value, source_encoder[key])
-    for _ in range(19):
-        trainer._train_step(sums, bad)
-        trainer.step += 1
+    run_steps(trainer, 19)
     for key, value in method.backbone.features.state_dict().items():
         assert torch.equal(value, source_encoder[key]), "source encoder changed in stage 2"
     for key, value in method.backbone.classifier.state_dict().items():

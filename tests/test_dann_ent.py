@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from toy import method_config
 
-from da_train.config import METHOD_SCHEMAS
+from da_train.losses import mean_entropy
 from da_train.methods import Batch, build_method
-from da_train.methods.dann_ent import mean_entropy
 from da_train.models import build_backbone
 
 
@@ -27,8 +26,7 @@ def test_mean_entropy_matches_numpy():
 
 def method_with(name, **options):
     torch.manual_seed(0)
-    cfg = OmegaConf.merge(OmegaConf.structured(METHOD_SCHEMAS[name]), options)
-    return build_method(cfg, build_backbone("mlp", 3, (2,)))
+    return build_method(method_config(name, **options), build_backbone("mlp", 3, (2,)))
 
 
 @pytest.mark.parametrize("progress", [0.0, 0.3, 1.0])

@@ -4,23 +4,19 @@ masked pseudo-label cross-entropy after it, and no target label read."""
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from toy import method_config, toy_batch
 
-from da_train.config import METHOD_SCHEMAS
 from da_train.methods import Batch, build_method
 from da_train.models import build_backbone
 
 
 def method_with(name, **options):
     torch.manual_seed(0)
-    cfg = OmegaConf.merge(OmegaConf.structured(METHOD_SCHEMAS[name]), options)
-    return build_method(cfg, build_backbone("mlp", 3, (2,)))
+    return build_method(method_config(name, **options), build_backbone("mlp", 3, (2,)))
 
 
-def toy_batch():
-    g = torch.Generator().manual_seed(1)
-    return Batch(torch.randn(8, 2, generator=g), torch.randint(0, 3, (8,), generator=g),
-                 3 * torch.randn(40, 2, generator=g))
+def pl_batch():
+    return toy_batch(seed=1, n=8, m=40, num_classes=3, target_scale=3.0, target_shift=0.0)
 
 
 def expected_pl_loss(method, xt, threshold):
@@ -34,7 +30,7 @@ def expected_pl_loss(method, xt, threshold):
 
 @pytest.mark.parametrize("progress", [0.1, 0.5, 1.0])
 def test_loss_is_dann_ent_plus_pseudo_labels_after_pl_start(progress):
-    batch = toy_batch()
+    batch = pl_batch()
     ent = method_with("dann_ent", ent_weight=0.1)
     pl = method_with("dann_pl", ent_weight=0.1, pl_weight=2.0, threshold=0.5, pl_start=0.3)
     pl.load_state_dict(ent.state_dict())
@@ -54,7 +50,7 @@ def test_pseudo_label_gradient_reaches_the_target_inputs_only_after_pl_start():
     pl = method_with("dann_pl", lam=0.0, ent_weight=0.0, threshold=0.0, pl_start=0.5)
     grads = {}
     for progress in (0.2, 0.8):
-        xt = toy_batch().xt.requires_grad_()
+        xt = pl_batch().xt.requires_grad_()
         batch = Batch(torch.randn(5, 2), torch.zeros(5, dtype=torch.long), xt)
         pl.training_step("model", batch, progress).loss.backward()
         grads[progress] = xt.grad.abs().sum() if xt.grad is not None else 0.0

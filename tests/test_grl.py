@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from da_train.methods.dann import grad_reverse, sigmoid_ramp
+from da_train.losses import grad_reverse, sigmoid_ramp
 from da_train.optim import lr_factor
 
 

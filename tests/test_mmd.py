@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
+from toy import method_config, toy_batch, two_moons
 
-from da_train.config import DdcConfig
+from da_train.losses.mmd import mmd2, pairwise_sq_dists, rbf_bandwidths
 from da_train.methods import METHODS, build_method
 from da_train.methods.base import Batch
 from da_train.methods.ddc import DDC
-from da_train.methods.mmd import mmd2, pairwise_sq_dists, rbf_bandwidths
 from da_train.methods.source_only import SourceOnly
 
 ALL_SETTINGS = [
@@ -271,14 +271,7 @@ class TinyNet(nn.Module):
 
 
 def ddc_config(**options):
-    return OmegaConf.merge(OmegaConf.structured(DdcConfig), options)
-
-
-def toy_batch(seed=0, n=12, m=9, in_dim=2, num_classes=2):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randn(n, in_dim, generator=g),
-                 torch.randint(0, num_classes, (n,), generator=g),
-                 torch.randn(m, in_dim, generator=g) + 1.0)
+    return method_config("ddc", **options)
 
 
 def test_ddc_is_registered():
@@ -348,7 +341,6 @@ def test_ddc_passes_fix_sigma_and_lam():
 
 
 # ---------------------------------------------------------------------------- adaptation
-from test_adaptation import two_moons  # noqa: E402  (same toy shift as the other methods)
 
 
 @pytest.fixture

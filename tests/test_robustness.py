@@ -88,7 +88,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 def test_nan_stops_run_keeps_last_good_checkpoint(tiny_root, tmp_path):
     out = tmp_path / "run"
     proc = da_train([*small(tiny_root, steps=40), "trainer.ckpt_every=10",
-                     "trainer.inject_nan_at=15", f"hydra.run.dir={out}"], tmp_path)
+                     "debug.inject_nan_at=15", f"hydra.run.dir={out}"], tmp_path)
     assert proc.returncode == 2
     assert "train/loss became NaN or inf at step 15" in proc.stderr
     status = json.loads((out / "status.json").read_text())
@@ -102,7 +102,7 @@ def test_nan_stops_run_keeps_last_good_checkpoint(tiny_root, tmp_path):
 # ---------------------------------------------------------------- sweeps
 def test_sweep_continues_after_a_failing_job(tiny_root, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = da_train(["-m", *small(tiny_root), "trainer.inject_nan_at=0,3,0", "seed=0,1",
+    proc = da_train(["-m", *small(tiny_root), "debug.inject_nan_at=0,3,0", "seed=0,1",
                      f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 2
     assert "2 of 6 jobs failed" in proc.stderr

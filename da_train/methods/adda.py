@@ -18,12 +18,31 @@ Target prediction = target encoder + source classifier.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import BETA, POSITIVE, MethodConfig
 from .base import Method, Phase, StepOutput
+
+
+@dataclass
+class AddaConfig(MethodConfig):
+    pretrain_steps: int = 5000  # stage 1: source encoder + classifier (the optim group)
+    adapt_steps: int = 10000    # stage 2: target encoder vs discriminator
+    disc_hidden: list[int] = field(default_factory=lambda: [500, 500])
+    lr: float = 2e-4            # stage 2 Adam (the paper's settings)
+    beta1: float = 0.5
+    beta2: float = 0.999
+    rules = {
+        "pretrain_steps": (lambda v: v >= 0, "a whole number >= 0"),
+        "adapt_steps": (lambda v: v > 0, "a whole number > 0"),
+        "disc_hidden": (lambda v: len(v) >= 1 and all(h > 0 for h in v),
+                        "a non-empty list of layer widths > 0, e.g. [500,500]"),
+        "lr": POSITIVE, "beta1": BETA, "beta2": BETA,
+    }
 
 
 def discriminator(in_dim: int, hidden: list[int]) -> nn.Sequential:
@@ -35,6 +54,10 @@ def discriminator(in_dim: int, hidden: list[int]) -> nn.Sequential:
 
 
 class ADDA(Method):
+    """``trainer.steps`` is not used: the run lasts ``pretrain_steps + adapt_steps``."""
+
+    Config = AddaConfig
+
     def __init__(self, cfg, backbone):
         super().__init__(cfg, backbone)
         self.target_encoder = copy.deepcopy(backbone.features)
@@ -43,6 +66,7 @@ class ADDA(Method):
         self.register_buffer("adapted", torch.tensor(False))
 
     def phases(self, steps):
+        del steps  # ADDA's stages have their own lengths
         pretrain = [Phase("pretrain", self.cfg.pretrain_steps)] if self.cfg.pretrain_steps else []
         return pretrain + [Phase("adapt", self.cfg.adapt_steps, ("disc", "encoder"))]
 
@@ -65,7 +89,8 @@ class ADDA(Method):
 
     def training_step(self, update, batch, progress):
         if update == "model":
-            return StepOutput(F.cross_entropy(self.predict(batch.xs), batch.ys))
+            logits = self.predict(batch.xs)
+            return StepOutput(F.cross_entropy(logits, batch.ys), source_logits=logits)
         if update == "disc":
             return self._discriminator_step(batch)
         return self._encoder_step(batch)

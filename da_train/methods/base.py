@@ -1,5 +1,11 @@
 """The contract between the trainer and a method.
 
+A method is one module ``da_train/methods/<name>.py`` holding its config schema (a
+:class:`~da_train.config.MethodConfig` dataclass with defaults and value ``rules``) and one
+:class:`Method` subclass whose ``Config`` attribute names that schema; plus one YAML
+``conf/method/<name>.yaml`` for its documentation. Both are found by name, nothing else is
+edited to add a method (see the README's "To add a method").
+
 A method is an ``nn.Module`` that owns the backbone plus any extra heads, and describes its
 training as a list of :class:`Phase` objects. Each phase runs for a number of steps; in every
 step the trainer walks through the phase's *updates* in order (an update is one optimiser:
@@ -23,6 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..config import MethodConfig
+
 
 @dataclass
 class Batch:
@@ -43,13 +51,24 @@ class Phase:
 
 @dataclass
 class StepOutput:
-    """The loss of one update and scalar tensors to log under ``train/`` (no host sync)."""
+    """The loss of one update and scalar tensors to log under ``train/`` (no host sync).
+
+    ``source_logits`` (of ``batch.xs``) lets the trainer log the source training accuracy and
+    watch for a collapse; ``target_logits`` / ``target_features`` (of ``batch.xt``) are what
+    target regularisers (``reg=[...]``) act on. All optional: a method fills in what it
+    computes anyway.
+    """
 
     loss: torch.Tensor
-    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    source_logits: torch.Tensor | None = None
+    target_logits: torch.Tensor | None = None
+    target_features: torch.Tensor | None = None
 
 
 class Method(nn.Module):
+    #: The method's config schema (``method.*``); subclasses point this at their dataclass.
+    Config = MethodConfig
     #: True only for oracles trained with target labels (they are marked as such in results).
     needs_target_labels = False
 

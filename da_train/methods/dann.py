@@ -2,58 +2,47 @@
 
 The feature extractor is trained to classify source digits while making the domain
 classifier fail; the reversal coefficient is ramped ``lam * (2 / (1 + exp(-gamma p)) - 1)``
-so the noisy early domain signal does not wreck the features.
+so the noisy early domain signal does not wreck the features. Published: 0.7666 target
+accuracy on MNIST -> MNIST-M (Ganin et al., JMLR 2016, table 2).
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import NONNEG, MethodConfig
+from ..losses import grad_reverse, sigmoid_ramp
 from .base import Method, StepOutput
 
 
-class _ReverseGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, lam):
-        ctx.lam = lam
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -ctx.lam * grad, None
-
-
-def grad_reverse(x: torch.Tensor, lam: float) -> torch.Tensor:
-    """Identity in the forward pass; multiplies the gradient by ``-lam`` in the backward pass."""
-    return _ReverseGrad.apply(x, lam)
-
-
-def sigmoid_ramp(progress: float, lam: float = 1.0, gamma: float = 10.0) -> float:
-    """The DANN paper's ramp ``lam * (2 / (1 + exp(-gamma p)) - 1)`` from 0 (p=0) towards
-    ``lam`` (p=1): DANN's GRL coefficient, and the weight ramp that dann_ent's entropy term and
-    DDC's ``method.ramp`` reuse."""
-    return lam * (2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0)
+@dataclass
+class DannConfig(MethodConfig):
+    lam: float = 1.0     # final gradient-reversal coefficient
+    gamma: float = 10.0  # steepness of the ramp of lam over training progress p
+    rules = {"lam": NONNEG, "gamma": NONNEG}
 
 
 class DANN(Method):
+    Config = DannConfig
+
     def __init__(self, cfg, backbone):
         super().__init__(cfg, backbone)
         self.domain_head = nn.Sequential(
             nn.Linear(backbone.feature_dim, 100), nn.ReLU(), nn.Linear(100, 1))
 
     def training_step(self, update, batch, progress):
-        return self.dann_step(batch, progress)[0]
+        return self.dann_step(batch, progress)
 
-    def dann_step(self, batch, progress) -> tuple[StepOutput, torch.Tensor]:
-        """The DANN loss and logs, plus the target features (for methods built on DANN)."""
+    def dann_step(self, batch, progress) -> StepOutput:
+        """The DANN loss and logs, with the source logits and the target features."""
         xs, ys, xt = batch.xs, batch.ys, batch.xt
         feats = self.backbone.features(torch.cat([xs, xt]))
-        fs = feats[: len(xs)]
-        loss_cls = F.cross_entropy(self.backbone.classifier(fs), ys)
+        source_logits = self.backbone.classifier(feats[: len(xs)])
+        loss_cls = F.cross_entropy(source_logits, ys)
         lam = sigmoid_ramp(progress, self.cfg.lam, self.cfg.gamma)
         domain_logit = self.domain_head(grad_reverse(feats, lam)).squeeze(1)
         domain = torch.cat([feats.new_ones(len(xs)), feats.new_zeros(len(xt))])
@@ -61,9 +50,9 @@ class DANN(Method):
         domain_acc = ((domain_logit > 0).float() == domain).float().mean()
         # feature_norm: the reversed gradient maximises an unbounded loss, so the features
         # can grow without limit; a steep rise warns of the dead-ReLU collapse described in
-        # docs/results.md before the accuracy shows it.
-        out = StepOutput(loss_cls + loss_dom, {
+        # docs/results-notes.md before the accuracy shows it.
+        return StepOutput(loss_cls + loss_dom, {
             "loss_cls": loss_cls.detach(), "loss_transfer": loss_dom.detach(),
             "domain_acc": domain_acc, "lam": lam,
-            "feature_norm": feats.detach().norm(dim=1).mean()})
-        return out, feats[len(xs):]
+            "feature_norm": feats.detach().norm(dim=1).mean()},
+            source_logits=source_logits, target_features=feats[len(xs):])

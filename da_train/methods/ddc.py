@@ -5,9 +5,9 @@ representation)``: the network learns to classify source digits while the distri
 the source and target representations are pulled together. The original DDC uses a linear
 kernel (the squared distance between the domain means) on a low-dimensional bottleneck layer
 with ``lam = 0.25``; DAN (Long et al. 2015) uses a sum of Gaussian kernels with several
-bandwidths, which is this module's default. The MMD maths lives in :mod:`.mmd`.
+bandwidths, which is this module's default. The MMD maths lives in :mod:`da_train.losses.mmd`.
 
-Options (``method.*``, schema ``DdcConfig`` in ``da_train/config.py``):
+Options (``method.*``, schema :class:`DdcConfig` below):
 
 - ``lam``: weight of the MMD^2 term; constant unless ``ramp`` is true.
 - ``ramp``: raise the weight from 0 to ``lam`` with DANN's schedule
@@ -39,15 +39,40 @@ the rbf kernel, ``bandwidth_min`` / ``bandwidth_max`` (the smallest and largest 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
+from ..config import NONNEG, POSITIVE, MethodConfig, one_of
+from ..losses import mmd2, sigmoid_ramp
 from .base import Batch, Method, StepOutput
-from .dann import sigmoid_ramp
-from .mmd import mmd2
+
+
+@dataclass
+class DdcConfig(MethodConfig):
+    lam: float = 1.0
+    kernel: str = "rbf"
+    kernel_num: int = 5
+    kernel_mul: float = 2.0
+    fix_sigma: Optional[float] = None
+    estimator: str = "biased"
+    layer: str = "features"
+    ramp: bool = False
+    gamma: float = 10.0
+    rules = {
+        "lam": NONNEG, "gamma": NONNEG, "kernel": one_of("rbf", "linear"),
+        "kernel_num": (lambda v: v >= 1, "a whole number >= 1"),
+        "kernel_mul": (lambda v: v > 1, "a number > 1"),
+        "fix_sigma": (POSITIVE[0], "a number > 0, or null for the mean-distance bandwidth"),
+        "estimator": one_of("biased", "unbiased"), "layer": one_of("features", "logits"),
+    }
 
 
 class DDC(Method):
+    Config = DdcConfig
+
     def training_step(self, update: str, batch: Batch, progress: float) -> StepOutput:
         cfg = self.cfg
         xs, ys, xt = batch.xs, batch.ys, batch.xt
@@ -69,4 +94,4 @@ class DDC(Method):
         if bandwidths.numel():
             logs["bandwidth_min"] = bandwidths.min().detach()
             logs["bandwidth_max"] = bandwidths.max().detach()
-        return StepOutput(loss_cls + lam * loss_transfer, logs)
+        return StepOutput(loss_cls + lam * loss_transfer, logs, source_logits=source_logits)

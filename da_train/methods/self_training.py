@@ -14,34 +14,28 @@ evaluation, ``val/pseudo_label_acc`` / ``val/pseudo_label_share`` measured on th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from ..config import NONNEG, PROBABILITY, MethodConfig
+from ..losses import pseudo_label_loss, pseudo_label_quality
 from .base import Method, StepOutput
 
 
-def confident_pseudo_labels(logits: torch.Tensor, threshold: float):
-    """(labels, mask) from detached logits: argmax, and max-probability >= threshold."""
-    confidence, labels = logits.detach().float().softmax(1).max(1)
-    return labels, (confidence >= threshold).float()
-
-
-def pseudo_label_loss(logits: torch.Tensor, threshold: float):
-    """Masked-mean cross-entropy against confident pseudo-labels, and the confident share."""
-    labels, mask = confident_pseudo_labels(logits, threshold)
-    loss = (F.cross_entropy(logits, labels, reduction="none") * mask).mean()
-    return loss, mask.mean()
-
-
-def pseudo_label_quality(logits, labels, threshold: float) -> dict[str, torch.Tensor]:
-    """Accuracy of the confident pseudo-labels and their share, on a labelled *test* split."""
-    pseudo, mask = confident_pseudo_labels(logits, threshold)
-    correct = ((pseudo == labels).float() * mask).sum()
-    return {"pseudo_label_acc": correct / mask.sum().clamp_min(1),
-            "pseudo_label_share": mask.mean()}
+@dataclass
+class SelfTrainingConfig(MethodConfig):
+    lam: float = 1.0         # weight of the pseudo-label term after the warm-up
+    threshold: float = 0.9   # minimum softmax confidence of a pseudo-label
+    warmup_steps: int = 1000  # source-only steps before pseudo-labels are used
+    rules = {"lam": NONNEG, "threshold": PROBABILITY,
+             "warmup_steps": (lambda v: v >= 0, "a whole number >= 0")}
 
 
 class SelfTraining(Method):
+    Config = SelfTrainingConfig
+
     def phases(self, steps):
         self.total_steps = steps
         return super().phases(steps)
@@ -54,7 +48,7 @@ class SelfTraining(Method):
         weight = self.cfg.lam if progress * self.total_steps >= self.cfg.warmup_steps else 0.0
         return StepOutput(loss_cls + weight * loss_pl, {
             "loss_cls": loss_cls.detach(), "loss_transfer": loss_pl.detach(),
-            "pl_share": share, "pl_weight": weight})
+            "pl_share": share, "pl_weight": weight}, source_logits=source, target_logits=target)
 
     def eval_metrics(self, target_logits, target_labels):
         return pseudo_label_quality(target_logits, target_labels, self.cfg.threshold)

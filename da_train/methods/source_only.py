@@ -9,5 +9,8 @@ from .base import Method, StepOutput
 
 
 class SourceOnly(Method):
+    """No options: its config is the base schema (``method.name`` only)."""
+
     def training_step(self, update, batch, progress):
-        return StepOutput(F.cross_entropy(self.predict(batch.xs), batch.ys))
+        logits = self.predict(batch.xs)
+        return StepOutput(F.cross_entropy(logits, batch.ys), source_logits=logits)
