@@ -35,12 +35,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import ConfigError
+from .losses import mean_entropy, pseudo_label_loss, sigmoid_ramp
 from .losses.bnm import bnm_loss
 from .losses.mcc import mcc_loss
 from .losses.vat import vat_loss
-from .methods.dann import sigmoid_ramp
-from .methods.dann_ent import mean_entropy
-from .methods.self_training import pseudo_label_loss
 
 
 @dataclass

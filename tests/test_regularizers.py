@@ -8,10 +8,10 @@ import torch
 from omegaconf import OmegaConf
 
 from da_train.config import ConfigError
+from da_train.losses import mean_entropy
 from da_train.losses.bnm import bnm_loss
 from da_train.losses.mcc import mcc_loss
 from da_train.methods.base import Batch, StepOutput
-from da_train.methods.dann_ent import mean_entropy
 from da_train.models import build_backbone
 from da_train.regularizers import REGULARIZERS, apply_regularizers, build_regularizers
 
