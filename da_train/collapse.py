@@ -119,7 +119,7 @@ class CollapseDetector:
         if not new:
             return None
         self.fired |= set(new)
-        return self._paragraph(step, list(new.values()), norm)
+        return self._paragraph(step, list(new.values()), norm, "dead_relu" in causes)
 
     def close(self) -> None:
         """Remove the forward hooks (the method can be used without the detector again)."""
@@ -158,14 +158,20 @@ class CollapseDetector:
                 "the last check, so the head outputs a constant and no gradient reaches the "
                 "layers below")
 
-    def _paragraph(self, step: int, sentences: list[str], norm: float | None) -> str:
+    def _paragraph(self, step: int, sentences: list[str], norm: float | None,
+                   dead: bool) -> str:
         text = f"Training looks collapsed at step {step}: " + "; ".join(sentences) + "."
         if norm is not None and self.first_norm is not None and math.isfinite(norm):
             text += f" The mean feature norm is {norm:.4g}, {self._growth(norm)}."
+        if dead or "exploding" in text:
+            text += (" Likely cause: the features grew without bound (e.g. under gradient "
+                     "reversal, which maximises an unbounded domain loss) until one large "
+                     "update pushed the label head into the dead region of its ReLUs; this "
+                     "does not recover.")
+        else:
+            text += (" Likely cause: an update too large for the network (learning rate, loss "
+                     "weights, growing features) destroyed what it had learned.")
         return text + (
-            " Likely cause: the features grew without bound (e.g. under gradient reversal, "
-            "which maximises an unbounded domain loss) until one large update pushed the label "
-            "head into the dead region of its ReLUs; this does not recover. Remedies measured "
-            "on MNIST -> MNIST-M: data.normalize=instance, optim.weight_decay=0.0005, or a "
-            "target entropy term (docs/results-notes.md). trainer.stop_on_collapse=true stops "
-            "such a run here.")
+            " Remedies measured on MNIST -> MNIST-M: data.normalize=instance, "
+            "optim.weight_decay=0.0005, or a target entropy term (docs/results-notes.md). "
+            "trainer.stop_on_collapse=true stops such a run here.")

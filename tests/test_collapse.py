@@ -1,14 +1,19 @@
 """The collapse detector: fires (once, with the step and the cause) on a run made to collapse,
 stays silent on a healthy one."""
 
+import logging
 import math
 from types import SimpleNamespace
 
+import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
+from toy import toy_config, toy_trainer
 
 from da_train.collapse import CollapseDetector
 from da_train.methods.base import StepOutput
+from da_train.trainer import CollapseError
 
 
 def moons(n, gen):
@@ -123,3 +128,51 @@ def test_accuracy_drop_without_a_high_peak_is_not_collapse():
     assert detector.check(30, {"train/source_acc": 0.99}) is None
     assert "fell to 0.500" in detector.check(40, {"train/source_acc": 0.5,
                                                    "train/loss_cls": 0.69})
+
+
+# ----------------------------------------------------------------------------- in the trainer
+def _collapsing_trainer(tmp_path, stop: bool):
+    """The toy source-only run; at step 300 the first feature layer is scaled 1000x."""
+    cfg = OmegaConf.merge(toy_config("source_only", steps=600),
+                          {"trainer": {"log_every": 25, "stop_on_collapse": stop}})
+    trainer = toy_trainer(cfg, tmp_path)
+    method, original = trainer.method, trainer.method.training_step
+    calls = [0]
+
+    def step(update, batch, progress):
+        calls[0] += 1
+        if calls[0] == 300:
+            with torch.no_grad():
+                for p in method.backbone.features[1].parameters():
+                    p.mul_(1000.0)
+        return original(update, batch, progress)
+
+    method.training_step = step
+    return trainer
+
+
+def test_trainer_stops_a_collapsed_run_with_stop_on_collapse(tmp_path):
+    trainer = _collapsing_trainer(tmp_path, stop=True)
+    with pytest.raises(CollapseError) as err:
+        trainer.fit()
+    message = str(err.value)
+    assert message.startswith("Training looks collapsed at step 350: source training accuracy")
+    assert "stop_on_collapse=true" in message and "checkpoint" in message
+    assert trainer.step == 350
+
+
+def test_trainer_only_warns_without_stop_on_collapse(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="da_train.trainer"):
+        results = _collapsing_trainer(tmp_path, stop=False).fit()
+    warnings = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
+    assert len(warnings) == 1 and "at step 350" in warnings[0]
+    assert results["steps"] == 600
+
+
+def test_trainer_is_silent_on_a_healthy_run(tmp_path, caplog):
+    cfg = OmegaConf.merge(toy_config("dann", steps=600),
+                          {"trainer": {"log_every": 25, "stop_on_collapse": True}})
+    with caplog.at_level(logging.WARNING, logger="da_train.trainer"):
+        results = toy_trainer(cfg, tmp_path).fit()
+    assert results["steps"] == 600
+    assert not [r for r in caplog.records if "collapsed" in r.getMessage()]
