@@ -151,6 +151,10 @@ def test_dann_plus_regularizers_reproduces_dann_ent_and_dann_pl_exactly(tmp_path
         trainer = toy_trainer(cfg, tmp_path / str(i))
         results.append(trainer.fit())
         params.append({k: v for k, v in trainer.method.state_dict().items()})
+    if "pl" in regs:  # the pseudo-label term really was on (weight 1 from step 120)
+        shares = [json.loads(x).get("train/pl_share", 0) for x in
+                  (tmp_path / "1" / "metrics.jsonl").read_text().splitlines()]
+        assert max(shares) > 0.2, shares
     assert results[0]["target_acc"] == results[1]["target_acc"]
     assert results[0]["source_acc"] == results[1]["source_acc"]
     assert params[0].keys() == params[1].keys()
