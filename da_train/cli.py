@@ -26,13 +26,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, register_schema, validate
+from .config import ConfigError, override_key, register_schema, validate
 from .data import DataError, load_pair
 from .methods import METHODS, build_method
 from .models import build_backbone
 from .runtime import (
     flatten,
-    override_key,
     pick_device,
     read_checkpoint,
     seed_everything,
@@ -123,7 +122,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     if cfg.method.name not in METHODS:
         raise ConfigError(f"Unknown method {cfg.method.name!r}; choices: {', '.join(METHODS)}.")
     data = load_pair(cfg.data, with_target_labels=METHODS[cfg.method.name].needs_target_labels)
-    backbone = build_backbone(cfg.backbone.name, data.num_classes, data.input_shape)
+    backbone = build_backbone(cfg.backbone, data.num_classes, data.input_shape)
     method = build_method(cfg.method, backbone)
     trainer = Trainer(cfg, method, data, run_dir, device, overrides)
     if target is not None:

@@ -24,6 +24,11 @@ class ConfigError(ValueError):
     """A config value is impossible; the message names the key, the value and the fix."""
 
 
+def override_key(override: str) -> str:
+    """The config key of a command-line override: ``+trainer.steps=5`` -> ``trainer.steps``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 # ---------------------------------------------------------------------------- rules
 Rule = tuple[Callable[[Any], bool], str]
 
@@ -49,23 +54,6 @@ class MethodConfig:
 
 
 @dataclass
-class DataConfig:
-    name: str = MISSING
-    root: str = "data"
-    download: bool = True
-    mnistm: str = "build"
-    mnistm_dir: str = "data"
-    cache_root: str = "data"
-    build_seed: int = 0
-    normalize: str = "global"
-
-
-@dataclass
-class BackboneConfig:
-    name: str = MISSING
-
-
-@dataclass
 class OptimConfig:
     type: str = "sgd"
     lr: float = 0.01
@@ -75,6 +63,8 @@ class OptimConfig:
     schedule: str = "dann"
     anneal_alpha: float = 10.0
     anneal_beta: float = 0.75
+    # learning rate of pretrained backbone layers relative to lr (the usual 0.1x of DA papers)
+    pretrained_lr_mult: float = 0.1
 
 
 @dataclass
@@ -113,21 +103,28 @@ class Config:
     seed: int = 0
     objective: str = "source_acc"
     method: Any = MISSING
-    data: DataConfig = field(default_factory=DataConfig)
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: Any = MISSING      # schema per data family: da_train/data/schemas.py
+    backbone: Any = MISSING  # schema per backbone: da_train/models.py
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 def register_schema() -> None:
-    """Put the top-level schema and every discovered method's schema into Hydra's store."""
+    """Put the top-level schema and the schemas of every method, data family and backbone into
+    Hydra's store (``method_schema/<name>``, ``data_schema/<name>``, ``backbone_schema/<name>``)."""
+    from .data.schemas import SCHEMAS
     from .methods import METHODS
+    from .models import BACKBONE_SCHEMAS
 
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
     for name, method in METHODS.items():
         store.store(group="method_schema", name=name, node=method.Config(name=name))
+    for name, schema in SCHEMAS.items():
+        store.store(group="data_schema", name=name, node=schema)
+    for name, schema in BACKBONE_SCHEMAS.items():
+        store.store(group="backbone_schema", name=name, node=schema)
 
 
 # ---------------------------------------------------------------------------- ranges
@@ -160,18 +157,18 @@ RULES: dict[str, Rule] = {
     "optim.schedule": one_of("dann", "constant"),
     "optim.anneal_alpha": NONNEG,
     "optim.anneal_beta": NONNEG,
-    "data.mnistm": one_of("released", "build"),
-    "data.normalize": one_of("global", "instance"),
+    "optim.pretrained_lr_mult": (lambda v: v >= 0, "a number >= 0 (0.1: the usual 0.1x)"),
 }
 
 
 def all_rules(cfg: DictConfig) -> dict[str, Rule]:
-    """The general rules plus those of the chosen method (``method.<key>``)."""
+    """The general rules, the data families' and those of the chosen method."""
+    from .data.schemas import DATA_RULES
     from .methods import METHODS
 
     method = METHODS.get(OmegaConf.select(cfg, "method.name"))
     extra = {f"method.{k}": r for k, r in method.Config.rules.items()} if method else {}
-    return {**RULES, **extra}
+    return {**RULES, **DATA_RULES, **extra}
 
 
 def validate(cfg: DictConfig) -> None:

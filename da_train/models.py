@@ -10,11 +10,16 @@ and 1x28x28 (MNIST 0/1 -> 2/3) inputs, and the methods' heads size themselves fr
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
 from .config import ConfigError
+from .optim import mark_pretrained
 
 
 def _flat_dim(module: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -105,16 +110,134 @@ class MLP(nn.Module):
         self.classifier = nn.Linear(hidden, num_classes)
 
 
+class CNN1d(nn.Module):
+    """1-D CNN for ``C x L`` signals (vibration, sensors): three conv-BN-ReLU blocks
+    (32@7, 64@5, 128@3, max-pool 2 after the first two), global average pooling -> 128
+    features; label head FC k. Any length L >= 8 works (the pooling is global)."""
+
+    feature_dim = 128
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, ...] = (1, 1024)):
+        super().__init__()
+        if len(input_shape) != 2:
+            raise ConfigError(f"Backbone 'cnn1d' needs C x L signals, got per-sample shape "
+                              f"{tuple(input_shape)}; use backbone=mlp for vectors or an image "
+                              "backbone (lenet, resnet18) for C x H x W images.")
+        if input_shape[1] < 8:
+            raise ConfigError(f"Backbone 'cnn1d' needs signals of length >= 8, got "
+                              f"{input_shape[1]}.")
+        block = lambda i, o, k: [nn.Conv1d(i, o, k, padding=k // 2),  # noqa: E731
+                                 nn.BatchNorm1d(o), nn.ReLU()]
+        self.features = nn.Sequential(
+            *block(input_shape[0], 32, 7), nn.MaxPool1d(2), *block(32, 64, 5), nn.MaxPool1d(2),
+            *block(64, 128, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten())
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+
+RESNET_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}
+
+
+def _resnet_trunk(name: str, pretrained: bool) -> nn.Module:
+    """torchvision's ResNet without its fc layer (-> 512 / 2048 pooled features)."""
+    import torchvision
+
+    weights = getattr(torchvision.models, RESNET_WEIGHTS[name]).IMAGENET1K_V1
+    if not pretrained:
+        net = getattr(torchvision.models, name)(weights=None)
+    else:
+        try:
+            net = getattr(torchvision.models, name)(weights=weights)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            raise ConfigError(_weights_message(name, weights.url, err)) from err
+    net.fc = nn.Identity()
+    return net
+
+
+def _weights_message(name: str, url: str, err: Exception) -> str:
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+    return (f"backbone={name} backbone.pretrained=true needs the ImageNet weights {hub}, which "
+            f"are not cached and could not be downloaded ({err}). Download {url} on a machine "
+            f"with network access and copy it to {hub} (TORCH_HOME="
+            f"{os.environ.get('TORCH_HOME', '~/.cache/torch')}), or train from scratch with "
+            "backbone.pretrained=false.")
+
+
+class ResNet(nn.Module):
+    """torchvision ResNet-18/50 + the usual domain-adaptation bottleneck (Linear ``bottleneck``
+    + BatchNorm + ReLU, as in DANN/CDAN's Office-31 setups) as ``features``; FC k head.
+
+    With ImageNet weights, the trunk's parameters are marked pretrained so the optimiser gives
+    them ``optim.pretrained_lr_mult`` (0.1) times the learning rate of the new layers.
+    """
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, ...] = (3, 224, 224),
+                 name: str = "resnet50", pretrained: bool = True, bottleneck: int = 256):
+        super().__init__()
+        if len(input_shape) != 3 or input_shape[0] != 3 or min(input_shape[1:]) < 32:
+            raise ConfigError(f"Backbone {name!r} needs RGB images of at least 32x32 (3, H, W); "
+                              f"the data gives {tuple(input_shape)}. Use data=folders (or "
+                              "3-channel arrays), or a digit backbone (lenet, dann_digits) for "
+                              "small digits.")
+        trunk = _resnet_trunk(name, pretrained)
+        if pretrained:
+            mark_pretrained(trunk)
+        width = 512 if name == "resnet18" else 2048
+        self.feature_dim = bottleneck
+        self.features = nn.Sequential(trunk, nn.Linear(width, bottleneck),
+                                      nn.BatchNorm1d(bottleneck), nn.ReLU())
+        self.classifier = nn.Linear(bottleneck, num_classes)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = MISSING
+
+
+@dataclass
+class ResNetConfig:
+    name: str = MISSING
+    # ImageNet weights (torchvision, cached under TORCH_HOME); false: random initialisation
+    pretrained: bool = True
+    # width of the bottleneck (Linear + BatchNorm + ReLU) that gives the features
+    bottleneck: int = 256
+
+
 BACKBONES = {"dann_digits": DannDigits, "dann_digits_bn": DannDigitsBN, "lenet": LeNet,
-             "mlp": MLP}
+             "mlp": MLP, "cnn1d": CNN1d, "resnet18": ResNet, "resnet50": ResNet}
+BACKBONE_SCHEMAS = {name: BackboneConfig for name in BACKBONES} | {
+    "resnet18": ResNetConfig, "resnet50": ResNetConfig}
+# Digit networks: inputs up to this side (a 224x224 photo would make a huge FC layer).
+DIGIT_MAX_SIDE = 64
 
 
-def build_backbone(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """The backbone ``name`` for ``num_classes`` classes and inputs of ``input_shape``."""
+def build_backbone(name, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """The backbone for ``num_classes`` classes and inputs of ``input_shape``.
+
+    ``name``: a backbone name, or the ``backbone`` config (its other keys, e.g.
+    ``pretrained``, are passed on).
+    """
+    options = {}
+    if not isinstance(name, str):
+        options = {k: v for k, v in dict(name).items() if k != "name"}
+        name = name["name"]
     if name not in BACKBONES:
         raise ConfigError(f"Unknown backbone {name!r}; choices: {', '.join(sorted(BACKBONES))}.")
+    if name in ("dann_digits", "dann_digits_bn", "lenet"):
+        _check_digit_input(name, tuple(input_shape))
+    if name.startswith("resnet"):
+        options["name"] = name
     try:
-        return BACKBONES[name](num_classes, tuple(input_shape))
+        return BACKBONES[name](num_classes, tuple(input_shape), **options)
     except RuntimeError as err:  # e.g. an image too small for two 5x5 convs and pools
         raise ConfigError(f"Backbone {name!r} cannot take inputs of shape "
                           f"{tuple(input_shape)}: {err}") from err
+
+
+def _check_digit_input(name: str, input_shape: tuple[int, ...]) -> None:
+    """Digit networks are for small images; say so for photos instead of building a giant FC."""
+    _channels(name, input_shape)
+    if max(input_shape[1:]) > DIGIT_MAX_SIDE:
+        raise ConfigError(f"Backbone {name!r} is a digit network for images up to "
+                          f"{DIGIT_MAX_SIDE}x{DIGIT_MAX_SIDE}; the data gives "
+                          f"{input_shape[1]}x{input_shape[2]} images. Use backbone=resnet18 or "
+                          "resnet50 for photos.")

@@ -7,14 +7,45 @@ ADDA's adversarial stage uses the paper's Adam settings whatever ``optim`` says.
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+
+class PretrainedParameter(nn.Parameter):
+    """A parameter loaded from pretrained weights (e.g. ImageNet): the optimiser gives it
+    ``optim.pretrained_lr_mult`` times the base learning rate.
+
+    A Parameter subclass rather than an attribute because the mark must survive
+    ``copy.deepcopy`` (ADDA copies the encoder) and checkpoint loading, which both keep the
+    parameter's type but drop attributes.
+    """
+
+
+def mark_pretrained(module: nn.Module) -> None:
+    """Mark every parameter of ``module`` as pretrained (in place)."""
+    for sub in module.modules():
+        for name, p in list(sub.named_parameters(recurse=False)):
+            setattr(sub, name, PretrainedParameter(p.data, p.requires_grad))
+
+
+def param_groups(params, settings: dict) -> list[dict]:
+    """Trainable ``params`` as optimiser groups: new layers at the base lr, pretrained ones
+    at ``pretrained_lr_mult`` x lr (the usual 0.1x when fine-tuning ImageNet backbones)."""
+    params = [p for p in params if p.requires_grad]
+    mult = settings.get("pretrained_lr_mult", 1.0)
+    new = [p for p in params if not isinstance(p, PretrainedParameter)]
+    old = [p for p in params if isinstance(p, PretrainedParameter)]
+    groups = [{"params": new, "lr": settings["lr"]}] if new else []
+    if old:
+        groups.append({"params": old, "lr": settings["lr"] * mult})
+    return groups
 
 
 def build_optimizer(params, settings: dict) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    groups = param_groups(params, settings)
     if settings["type"] == "adam":
-        return torch.optim.Adam(params, lr=settings["lr"], betas=tuple(settings["betas"]),
+        return torch.optim.Adam(groups, lr=settings["lr"], betas=tuple(settings["betas"]),
                                 weight_decay=settings["weight_decay"])
-    return torch.optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"],
+    return torch.optim.SGD(groups, lr=settings["lr"], momentum=settings["momentum"],
                            weight_decay=settings["weight_decay"])
 
 

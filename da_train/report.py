@@ -6,6 +6,12 @@ that did not complete (failed, interrupted, still running, unreadable files) are
 second table instead of being dropped, so a table with fewer seeds than launched never goes
 unnoticed. ``--md`` and ``--csv`` write the same results to files.
 
+``--selection`` adds what each validator (a score computed without target labels, recorded
+under results.json ``selection``; see :mod:`da_train.selection`) would have picked among the
+configurations of a sweep, and what that pick costs against the oracle (best target
+accuracy) and the median configuration. ``--plots DIR`` writes PNG figures
+(:mod:`da_train.plots`). Neither changes the main table.
+
 A run folder is any directory holding ``status.json``, ``results.json`` or
 ``.hydra/config.yaml``. ``status.json`` is the authority on whether a run finished: the
 trainer writes ``results.json`` first and ``status.json`` = completed last.
@@ -30,20 +36,20 @@ from pathlib import Path
 
 import yaml
 
+from .config import override_key
+
 PROG = "da-report"
 RUN_MARKERS = ("status.json", "results.json", ".hydra/config.yaml")
 CSV_COLUMNS = [
     "data", "method", "seeds", "target_acc_mean", "target_acc_std", "source_acc_mean",
     "steps", "wall_s", "variant", "source_acc_std", "wall_s_total", "oracle", "device_name",
-    "command",
+    "command", "target_acc_min", "target_acc_max", "proxy_a_distance",
 ]
 # Override keys that do not change what is trained: grouping ignores them.
 BOOKKEEPING_KEYS = {
     "seed", "method", "data", "data.root", "data.cache_root", "data.mnistm_dir",
     "data.download", "trainer.device", "trainer.resume",
 }
-# Methods that train on target labels whatever results.json says.
-ORACLE_METHODS = {"target_only"}
 REQUIRED_RESULT_KEYS = ("method", "data", "seed", "target_acc", "source_acc")
 ERROR_CHARS = 200
 DEFAULT_TITLE = "da-train results"
@@ -55,6 +61,11 @@ LEGEND = (
     "with target labels: they are upper bounds, not UDA results. `wall s` is the mean "
     "wall-clock time per run."
 )
+
+
+PAD_LEGEND = (
+    "proxy A-distance: 2 (1 - 2 err) of a linear classifier telling source from target test "
+    "features at the end of the run; 0 = the domains look alike to it, 2 = fully separable.")
 
 
 class ReportError(Exception):
@@ -128,11 +139,6 @@ def _read_overrides(folder: Path, results: dict) -> list[str] | None:
     return [str(o) for o in data]
 
 
-def override_key(override: str) -> str:
-    """``+method.lam=1`` -> ``method.lam``: the key an override sets, without its prefix."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def is_hydra_override(override: str) -> bool:
     """hydra.* overrides set output folders and launchers, not the experiment."""
     key = override_key(override)
@@ -181,9 +187,19 @@ def _completed_run(folder: Path, results: dict) -> dict:
         "steps": steps if _is_number(steps) else None,
         "wall_time_s": float(wall) if _is_number(wall) else None,
         "device_name": results.get("device_name") or results.get("device"),
-        "oracle": bool(results.get("oracle", False)) or method in ORACLE_METHODS,
+        "oracle": results.get("oracle") is True,
         "class_acc": class_accuracies(results.get("target_confusion")),
+        "selection": _numbers(results.get("selection")),
+        "proxy_a_distance": (float(results["proxy_a_distance"])
+                             if _is_number(results.get("proxy_a_distance")) else None),
     }
+
+
+def _numbers(mapping) -> dict[str, float]:
+    """The numeric entries of a results.json mapping (``selection``); {} when absent."""
+    if not isinstance(mapping, dict):
+        return {}
+    return {str(k): float(v) for k, v in mapping.items() if _is_number(v)}
 
 
 def class_accuracies(confusion) -> list[float] | None:
@@ -314,6 +330,7 @@ def _row(key: tuple[str, str, str], runs: list[dict]) -> dict:
     target = [r["target_acc"] for r in runs]
     source = [r["source_acc"] for r in runs]
     walls = [r["wall_time_s"] for r in runs if r["wall_time_s"] is not None]
+    pads = [r["proxy_a_distance"] for r in runs if r.get("proxy_a_distance") is not None]
     devices = sorted({str(r["device_name"]) for r in runs if r["device_name"]})
     return {
         "data": data, "method": method, "seeds": len(runs),
@@ -325,6 +342,8 @@ def _row(key: tuple[str, str, str], runs: list[dict]) -> dict:
         "wall_s_total": sum(walls) if walls else None,
         "oracle": any(r["oracle"] for r in runs), "device_name": "; ".join(devices),
         "command": command_for(runs),
+        "target_acc_min": min(target), "target_acc_max": max(target),
+        "proxy_a_distance": statistics.fmean(pads) if pads else None,
     }
 
 
@@ -366,8 +385,8 @@ def _fmt(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-def _markdown_row(row: dict) -> str:
-    """One results row as Markdown."""
+def _markdown_row(row: dict, pad: bool = False) -> str:
+    """One results row as Markdown (with a proxy A-distance cell when ``pad``)."""
     method = row["method"] + (" (oracle)" if row["oracle"] else "")
     cells = [
         row["data"], method, row["variant"], row["seeds"],
@@ -376,6 +395,8 @@ def _markdown_row(row: dict) -> str:
         _fmt(row["steps"], ""), _fmt(row["wall_s"], ".1f"), row["device_name"],
         f"`{row['command']}`",
     ]
+    if pad:
+        cells.insert(6, _fmt(row.get("proxy_a_distance"), ".3f"))
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
@@ -417,17 +438,21 @@ def per_seed_section(completed) -> list[str]:
 
 
 def to_markdown(rows, problems, title: str = DEFAULT_TITLE, notes=(), completed=(),
-                appendix: str = "") -> str:
-    """The whole report: title, legend, results table, notes, per-seed table, failed or
-    unfinished runs, then ``appendix`` (hand-written Markdown from ``--notes FILE``)."""
+                appendix: str = "", selection: bool = False) -> str:
+    """The whole report: title, legend, results table, notes, per-seed table, the selection
+    analysis (``selection``), failed or unfinished runs, then ``appendix`` (hand-written
+    Markdown from ``--notes FILE``)."""
     lines = [f"# {title}", "", LEGEND, "", "## Results", ""]
     if rows:
+        pad = any(r.get("proxy_a_distance") is not None for r in rows)
         lines += [
-            "| data | method | variant | seeds | target acc | source acc | steps | wall s "
-            "| device | command |",
-            "|---|---|---|---:|---|---|---:|---:|---|---|",
+            "| data | method | variant | seeds | target acc | source acc | "
+            + ("proxy A-dist | " if pad else "") + "steps | wall s | device | command |",
+            "|---|---|---|---:|---|---|" + ("---:|" if pad else "") + "---:|---:|---|---|",
         ]
-        lines += [_markdown_row(r) for r in rows]
+        lines += [_markdown_row(r, pad) for r in rows]
+        if pad:
+            lines += ["", PAD_LEGEND]
     else:
         lines.append("No completed runs.")
     lines.append("")
@@ -435,17 +460,118 @@ def to_markdown(rows, problems, title: str = DEFAULT_TITLE, notes=(), completed=
         lines += ["Notes:", ""] + [f"- {_cell(n)}" for n in notes] + [""]
     if completed:
         lines += per_seed_section(completed)
+    if selection:
+        lines += selection_section(completed)
     lines += _problems_table(problems)
     if appendix.strip():
         lines += [appendix.strip(), ""]
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------ selection
+SELECTION_LEGEND = (
+    "What each way of choosing without target labels would have picked. A configuration is "
+    "one row of the results table (method + variant, seeds grouped); its score is the mean "
+    "over seeds of the validator at the final evaluation (results.json `selection`). "
+    "`picked` is the configuration with the best score in the validator's direction; "
+    "`target acc` is its mean target test accuracy; `vs oracle` and `vs median` are that "
+    "minus the best (the oracle pick, which needs target labels) and minus the median "
+    "configuration's accuracy. `rank corr` is Spearman's rho between the score, oriented so "
+    "that higher is better, and target accuracy over the configurations (blank with fewer "
+    "than 3). Oracle-trained rows are never candidates. The main table is unaffected.")
+
+
+def selection_scopes(completed) -> list[tuple[str, str, list[dict]]]:
+    """(data, scope, configurations) to choose among: each method's variants, then all
+    methods of one data pair together. Only scopes with at least two configurations."""
+    by_data: dict[str, list[dict]] = {}
+    for (data, method, variant), runs in sorted(group_runs(completed).items()):
+        if any(r["oracle"] for r in runs):
+            continue
+        by_data.setdefault(data, []).append(_config(method, variant, runs))
+    scopes = []
+    for data, configs in by_data.items():
+        methods = sorted({c["method"] for c in configs})
+        for method in methods:
+            mine = [c for c in configs if c["method"] == method]
+            if len(mine) > 1:
+                scopes.append((data, method, mine))
+        if len(methods) > 1:
+            scopes.append((data, "all methods", configs))
+    return scopes
+
+
+def _config(method: str, variant: str, runs: list[dict]) -> dict:
+    """One candidate: mean target accuracy and mean of each validator over its seeds."""
+    names = sorted({n for r in runs for n in r["selection"]})
+    scores = {n: statistics.fmean(r["selection"][n] for r in runs if n in r["selection"])
+              for n in names if all(n in r["selection"] for r in runs)}
+    label = method + (f" [{variant}]" if variant else "")
+    return {"method": method, "label": label, "seeds": len(runs), "scores": scores,
+            "target_acc": statistics.fmean(r["target_acc"] for r in runs)}
+
+
+def _spearman(scores: list[float], accs: list[float]) -> float | None:
+    """Spearman's rho, None when undefined (under 3 points, or a constant column)."""
+    if len(scores) < 3 or len(set(scores)) < 2 or len(set(accs)) < 2:
+        return None
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(scores, accs).statistic)
+
+
+def selection_rows(configs: list[dict], directions: dict[str, str]) -> list[dict]:
+    """One row per validator (plus the oracle): pick, its accuracy, gaps, rank correlation."""
+    accs = [c["target_acc"] for c in configs]
+    best, median = max(accs), statistics.median(accs)
+    oracle = configs[accs.index(best)]
+    rows = [{"validator": "oracle (target labels)", "direction": "max", "picked": oracle,
+             "n": len(configs), "rho": 1.0 if len(set(accs)) > 1 and len(accs) > 2 else None}]
+    for name, direction in directions.items():
+        have = [c for c in configs if name in c["scores"]]
+        if not have:
+            continue
+        values = [c["scores"][name] for c in have]
+        sign = 1.0 if direction == "max" else -1.0
+        pick = max(range(len(have)), key=lambda i: (sign * values[i], -i))
+        rows.append({"validator": name, "direction": direction, "picked": have[pick],
+                     "n": len(have),
+                     "rho": _spearman([sign * v for v in values],
+                                      [c["target_acc"] for c in have])})
+    for row in rows:
+        acc = row["picked"]["target_acc"]
+        row.update(target_acc=acc, vs_oracle=acc - best, vs_median=acc - median)
+    return rows
+
+
+def selection_section(completed) -> list[str]:
+    """The '## Model selection without target labels' section (``--selection``)."""
+    from .selection import DIRECTIONS  # lazy: imports torch, needed only here
+
+    lines = ["## Model selection without target labels", "", SELECTION_LEGEND, ""]
+    scopes = selection_scopes(completed)
+    if not scopes:
+        return lines + ["No data pair has two or more non-oracle configurations to choose "
+                        "among.", ""]
+    lines += ["| data | scope | validator | better | picked | target acc | vs oracle "
+              "| vs median | rank corr | configs |",
+              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for data, scope, configs in scopes:
+        for row in selection_rows(configs, DIRECTIONS):
+            cells = [data, scope, row["validator"],
+                     "higher" if row["direction"] == "max" else "lower",
+                     row["picked"]["label"], f"{row['target_acc']:.4f}",
+                     f"{row['vs_oracle']:+.4f}", f"{row['vs_median']:+.4f}",
+                     _fmt(row["rho"], "+.2f"), row["n"]]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines + [""]
+
+
 def _csv_value(column: str, value) -> str:
     """Fixed precision so CSVs diff cleanly: 4 decimals for accuracies, 1 for seconds."""
     if value is None:
         return ""
-    if column.endswith(("_acc_mean", "_acc_std")):
+    if column.endswith(("_acc_mean", "_acc_std", "_acc_min", "_acc_max", "_distance")):
         return f"{value:.4f}"
     if column.startswith("wall_s"):
         return f"{value:.1f}"
@@ -487,6 +613,12 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--notes", metavar="FILE",
                         help="Markdown file appended to the report (hand-written analysis "
                              "kept apart, so regenerating the report never erases it)")
+    parser.add_argument("--selection", action="store_true",
+                        help="add the model-selection analysis: what each validator (no "
+                             "target labels) would have picked, and its cost vs the oracle")
+    parser.add_argument("--plots", metavar="DIR",
+                        help="write PNG figures (accuracy curves, confusion matrices, "
+                             "feature scatters) into DIR; needs da-train[plots]")
     return parser.parse_args(argv)
 
 
@@ -501,8 +633,9 @@ def _check_paths(paths: list[str]) -> None:
                           "outputs folder that contains it")
 
 
-def build_report(args: argparse.Namespace) -> tuple[str, list[dict], list[str]]:
-    """(Markdown, rows, notes) for the folders named in ``args``."""
+def build_report(args: argparse.Namespace) -> tuple[str, list[dict], list[str], list[str]]:
+    """(Markdown, rows, warnings, messages) for the folders named in ``args``; with
+    ``--plots`` the figures are drawn and a message says where."""
     _check_paths(args.paths)
     folders = find_run_folders(args.paths)
     if not folders:
@@ -514,7 +647,21 @@ def build_report(args: argparse.Namespace) -> tuple[str, list[dict], list[str]]:
     completed, problems = load_runs(folders)
     rows = summarise(completed)
     notes = consistency_notes(completed)
-    return to_markdown(rows, problems, args.title, notes, completed, appendix), rows, notes
+    messages = [_write_plots(completed, args.plots)] if args.plots else []
+    markdown = to_markdown(rows, problems, args.title, notes, completed, appendix,
+                           selection=args.selection)
+    return markdown, rows, notes, messages
+
+
+def _write_plots(completed, out_dir: str) -> str:
+    """Draw the figures; a one-line message for stderr, or ReportError without matplotlib."""
+    from .plots import PlotsUnavailable, write_figures
+
+    try:
+        written = write_figures(completed, out_dir)
+    except PlotsUnavailable as err:
+        raise ReportError(str(err)) from err
+    return f"wrote {len(written)} figure(s) to {out_dir}"
 
 
 def _read_notes(path: str) -> str:
@@ -530,7 +677,7 @@ def main(argv=None) -> int:
     """Print the report; exit code 0 on success (failed runs included), 2 on user error."""
     args = parse_args(argv)
     try:
-        markdown, rows, notes = build_report(args)
+        markdown, rows, notes, messages = build_report(args)
         if args.md:
             write_markdown(markdown, args.md)
         if args.csv:
@@ -540,6 +687,8 @@ def main(argv=None) -> int:
         return 2
     for note in notes:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
+    for message in messages:
+        print(f"{PROG}: {message}", file=sys.stderr)
     print(markdown, end="")
     return 0
 

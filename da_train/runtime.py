@@ -172,11 +172,6 @@ def flatten(node, prefix: str = "") -> dict:
     return out
 
 
-def override_key(override: str) -> str:
-    """The config key of a command-line override: ``+trainer.steps=5`` -> ``trainer.steps``."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 # ---------------------------------------------------------------------------- signals
 class SignalCatcher:
     """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step.

@@ -25,7 +25,9 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from .config import ConfigError, override_key
 from .data import DomainPair
+from .data.source_val import hold_out_source_val
 from .methods import Batch, Method, Phase, StepOutput
 from .optim import build_optimizer, build_scheduler
 from .runtime import (
@@ -33,7 +35,6 @@ from .runtime import (
     atomic_torch_save,
     device_name,
     keep_freed_memory,
-    override_key,
     package_versions,
     read_checkpoint,
     rng_state,
@@ -41,10 +42,14 @@ from .runtime import (
     write_json,
 )
 from .sampling import EpochSampler
+from .selection import compute_validators, proxy_a_distance
 
 CHECKPOINT = "checkpoint.pt"
+EMBEDDINGS = "embeddings.npz"
 #: Validation curves get at least this many points, however short the run.
 MIN_EVAL_POINTS = 5
+#: Images per domain for the validators and the proxy A-distance (a fixed, seeded subset).
+SELECT_SAMPLES = 2000
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +79,13 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         elif self.tcfg.tune_malloc:
             keep_freed_memory()
-        self.data = data.to(device)
+        if self.tcfg.figures:
+            require_plots()
+        # the held-out source validation images are not in source_train: never sampled
+        self.data = hold_out_source_val(data, cfg.data.source_val, seed=cfg.seed).to(device)
+        self.select_idx = torch.randperm(
+            len(data.target_train_images), generator=torch.Generator().manual_seed(cfg.seed)
+        )[:SELECT_SAMPLES].to(device)
         self.method = method.to(device)
         if self.tcfg.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -89,9 +100,9 @@ class Trainer:
         self.eval_every = min(self.tcfg.eval_every,
                               max(1, self.total_steps // MIN_EVAL_POINTS))
         bs = self.tcfg.batch_size
-        self.source_sampler = EpochSampler(len(data.source_train.labels), bs, device,
+        self.source_sampler = EpochSampler(len(self.data.source_train.labels), bs, device,
                                            cfg.seed, stream=0)
-        self.target_sampler = EpochSampler(len(data.target_train_images), bs, device,
+        self.target_sampler = EpochSampler(len(self.data.target_train_images), bs, device,
                                            cfg.seed, stream=1)
         self.step = 0
         self.phase_index = -1
@@ -99,6 +110,7 @@ class Trainer:
         self.schedulers: dict = {}
         self.meter = Meter()
         self.last_eval: dict[str, float] = {}
+        self.last_selection: dict[str, float] = {}
         # rows: true target class, columns: predicted class (final, full evaluation only)
         self.target_confusion: torch.Tensor | None = None
         self.eval_seconds = 0.0
@@ -131,7 +143,8 @@ class Trainer:
                     record |= self.lr_record() | clock.rate(self.step)
                     if evaluate:
                         self.last_eval = self.evaluate(full=done)
-                        record.update({f"val/{k}": v for k, v in self.last_eval.items()})
+                        record |= {f"val/{k}": v for k, v in self.last_eval.items()}
+                        record |= {f"select/{k}": v for k, v in self.last_selection.items()}
                     self.write_record(writer, metrics_file, record)
                     bar.set_postfix(self.postfix(record), refresh=False)
                     clock.maybe_report(self.step, self.total_steps, record)
@@ -250,9 +263,58 @@ class Trainer:
         }
         if full:
             self.target_confusion = confusion_matrix(tgt_pred, tgt.labels, tgt_logits.shape[1])
+        self.last_selection = self.validators()
+        if self.tcfg.embed_samples and not (self.run_dir / EMBEDDINGS).exists():
+            self.save_embeddings(first=self.test_features(self.tcfg.embed_samples // 2))
         self.method.train(was_training)
         self.eval_seconds += time.perf_counter() - start
         return {k: float(v) for k, v in metrics.items()}
+
+    @torch.no_grad()
+    def validators(self) -> dict[str, float]:
+        """The label-free scores of :mod:`da_train.selection` (``select/`` in TensorBoard,
+        ``selection`` in results.json) on a fixed subset of the unlabelled target *training*
+        images and on the held-out source validation split: no target label is read."""
+        method, data = self.method, self.data
+        images = data.target_train_images.index_select(0, self.select_idx)
+        target_logits = self.predict_all(method.predict_target, images)
+        target_feats = self.predict_all(lambda x: method.embed(x, "target"), images)
+        source = [None, None, None]
+        if data.source_val is not None:
+            val = data.source_val
+            source = [self.predict_all(method.predict, val.images[:SELECT_SAMPLES]),
+                      val.labels[:SELECT_SAMPLES],
+                      self.predict_all(lambda x: method.embed(x, "source"),
+                                       val.images[:SELECT_SAMPLES])]
+        return compute_validators(*source, target_logits, target_feats, seed=self.cfg.seed)
+
+    @torch.no_grad()
+    def test_features(self, n: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{domain: (features, labels)} of the first ``n`` test images of each domain."""
+        out = {}
+        for domain, split in (("source", self.data.source_test),
+                              ("target", self.data.target_test)):
+            feats = self.predict_all(lambda x, d=domain: self.method.embed(x, d),
+                                     split.images[:n])
+            out[domain] = (feats.flatten(1).cpu(), split.labels[:n].cpu())
+        return out
+
+    def save_embeddings(self, first=None, last=None) -> None:
+        """embeddings.npz for the before/after feature figure (da_train/plots.py); written at
+        the first evaluation (first = last) and rewritten at the end, so a resumed run keeps
+        its "before" without storing it in the checkpoint."""
+        from .plots import load_embeddings, save_embeddings
+
+        path = self.run_dir / EMBEDDINGS
+        if first is None:
+            old = load_embeddings(path) if path.exists() else None
+            first = {d: (old[f"first_{d}"], old[f"first_{d}_labels"]) for d in last} \
+                if old is not None else last
+        last = last or first
+        save_embeddings(path, **{f"{when}_{d}{suffix}": pair[d][i]
+                                 for when, pair in (("first", first), ("last", last))
+                                 for d in ("source", "target")
+                                 for i, suffix in ((0, ""), (1, "_labels"))})
 
     @torch.no_grad()
     def predict_all(self, predict, images: torch.Tensor) -> torch.Tensor:
@@ -276,6 +338,7 @@ class Trainer:
                          "target": self.target_sampler.state_dict()},
             "rng": rng_state(),
             "last_eval": self.last_eval,
+            "last_selection": self.last_selection,
             "target_confusion": self.target_confusion,
             "eval_seconds": self.eval_seconds,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -295,15 +358,27 @@ class Trainer:
         self.target_sampler.load_state_dict(state["samplers"]["target"])
         set_rng_state(state["rng"])
         self.last_eval = state["last_eval"]
+        self.last_selection = state.get("last_selection", {})
         self.target_confusion = state.get("target_confusion")
         self.eval_seconds = state["eval_seconds"]
         self.purge_step = self.step + 1
 
     # ------------------------------------------------------------------ the end
     def finish(self, writer, wall: float) -> dict:
-        """results.json, the projector and the HParams entry; status "completed"."""
+        """results.json, the projector, the figures and the HParams entry; "completed"."""
+        self.method.eval()
+        features = self.test_features(SELECT_SAMPLES)
+        self.method.train()
         results = self.results(wall)
-        self.add_embedding(writer)
+        results["proxy_a_distance"] = proxy_a_distance(features["source"][0],
+                                                       features["target"][0], seed=self.cfg.seed)
+        if self.tcfg.embed_samples:
+            n = self.tcfg.embed_samples // 2
+            last = {d: (f[:n], y[:n]) for d, (f, y) in features.items()}
+            self.add_embedding(writer, last)
+            self.save_embeddings(last=last)
+        if self.tcfg.figures:
+            self.add_figures(writer)
         writer.add_hparams(self.hparams(), {"hparam/target_acc": results["target_acc"],
                                             "hparam/source_acc": results["source_acc"]},
                            run_name=".", global_step=self.step)
@@ -323,24 +398,15 @@ class Trainer:
                 chosen[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
         return chosen
 
-    def add_embedding(self, writer) -> None:
+    def add_embedding(self, writer, features: dict) -> None:
         """Source + target test features in the TensorBoard projector (domain, class, image),
         reduced to 32 dimensions by PCA so the run folder stays small."""
-        n = self.tcfg.embed_samples // 2
-        if n == 0:
-            return
-        feats, meta, images = [], [], []
-        with torch.no_grad():
-            self.method.eval()
-            for domain, split in (("source", self.data.source_test),
-                                  ("target", self.data.target_test)):
-                x = split.images[:n]
-                feats.append(self.method.embed(self.data.eval_view(x), domain)
-                             .float().flatten(1).cpu())
-                meta += [[domain, str(int(y))] for y in split.labels[:n].cpu()]
-                images.append(thumbnails(x))
-            self.method.train()
-        feats = torch.cat(feats)
+        feats = torch.cat([features["source"][0], features["target"][0]])
+        meta = [[domain, str(int(y))] for domain in ("source", "target")
+                for y in features[domain][1]]
+        n = len(features["source"][0])
+        images = [thumbnails(split.images[:n]) for split in (self.data.source_test,
+                                                             self.data.target_test)]
         if feats.shape[1] > 32 and feats.shape[0] > 32:
             u, s, _ = torch.pca_lowrank(feats, q=32)
             feats = u * s
@@ -348,6 +414,15 @@ class Trainer:
         writer.add_embedding(feats, metadata=meta, label_img=label_img,
                              metadata_header=["domain", "class"], global_step=self.step,
                              tag="features")
+
+    def add_figures(self, writer) -> None:
+        """Accuracy curves, the confusion matrix and the before/after feature scatter in
+        TensorBoard's Images tab (``trainer.figures=true``)."""
+        from .plots import run_figures
+
+        for tag, fig in run_figures(self.run_dir, self.target_confusion.numpy(),
+                                    self.data.names()).items():
+            writer.add_figure(tag, fig, self.step)
 
     def results(self, wall: float) -> dict:
         return {
@@ -363,6 +438,8 @@ class Trainer:
                if self.target_confusion is not None else {}),
             "class_names": self.data.names(),
             "sizes": self.data.sizes(),
+            "source_val": self.cfg.data.source_val,
+            "selection": self.last_selection,
             "steps": self.step,
             "phases": {p.name: p.steps for p in self.phases},
             "wall_time_s": wall,
@@ -430,8 +507,11 @@ class Clock:
         self.tick, self.tick_step = time.perf_counter(), step
 
     def rate(self, step: int) -> dict[str, float]:
+        """Steps per second since the last call (or restart)."""
         now = time.perf_counter()
-        return {"train/steps_per_s": (step - self.tick_step) / max(now - self.tick, 1e-9)}
+        rate = (step - self.tick_step) / max(now - self.tick, 1e-9)
+        self.tick, self.tick_step = now, step
+        return {"train/steps_per_s": rate}
 
     def wall(self) -> float:
         return time.perf_counter() - self.start
@@ -448,6 +528,16 @@ class Clock:
         target = record.get("val/target_acc")
         log.info(f"step {step}/{total} ({rate:.1f} steps/s, ETA {_duration(eta)}) {losses}"
                  + (f" target_acc={target:.4f}" if target is not None else ""))
+
+
+def require_plots() -> None:
+    """``trainer.figures=true`` needs matplotlib: fail before training, not at the end."""
+    from .plots import PlotsUnavailable, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except PlotsUnavailable as err:
+        raise ConfigError(f"trainer.figures=true: {err}") from err
 
 
 def _duration(seconds: float) -> str:

@@ -9,20 +9,21 @@ one after the other:
    run into a temporary folder; the figures are the ``train/steps_per_s`` the trainer itself
    logs, one log interval per timed repeat (evaluation and checkpointing are excluded by the
    trainer). The warm-up steps form their own log interval, which is dropped.
-2. ``bound``: forward + backward + optimiser step on one fixed, already normalised source
-   batch and one fixed target batch on the device, in a bare loop: no sampling, no
-   normalisation, no lr schedule, no logging. No training loop can be faster than this.
+2. ``bound``: the trainer's own step (``Trainer.optimise``: forward, backward, optimiser and
+   lr step) on one fixed, already normalised source batch and one fixed target batch on the
+   device, in a bare loop: no sampling, no normalisation, no logging. No training loop can be
+   faster than this.
 3. ``usual``: what common reference implementations do: torchvision-style datasets that
    return a PIL image per sample, ``Compose([ToTensor(), Normalize(mean, std)])``, two
    shuffled ``DataLoader`` s (``--workers`` processes each) zipped together, a host->device
-   copy per batch, then the same step as 2.
+   copy per batch, then the same ``Trainer.optimise`` step as 2.
 
 Each is timed ``--repeats`` times over ``--steps`` steps after ``--warmup`` steps; the median
 is reported. One step is one source batch plus one target batch (``2 x --batch-size``
 samples). Evaluation (``Trainer.evaluate`` on the full source and target test splits) is
 timed separately.
 
-``--mmd-table`` instead times ``da_train.methods.mmd.mmd2`` (rbf, 5 kernels) forward + backward
+``--mmd-table`` instead times ``da_train.losses.mmd.mmd2`` (rbf, 5 kernels) forward + backward
 for several batch and feature sizes and prints a Markdown table.
 
 Examples::
@@ -31,6 +32,7 @@ Examples::
         --json bench.json
     python scripts/bench.py --device cuda --override trainer.amp=true
     python scripts/bench.py --mmd-table --device cpu
+    python scripts/bench.py --pipeline folders --json out.json   # see scripts/bench_pipeline.py
 
 Exit status: 0 on success, 2 for bad arguments, a rejected config or missing data.
 """
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "32 MiB, M_TRIM_THRESHOLD 1 GiB) to see the cost of page faults (see "
                    "docs/performance.md); off by default, as da-train does not do it")
     p.add_argument("--mmd-table", action="store_true",
-                   help="time da_train.methods.mmd.mmd2 instead (Markdown table)")
+                   help="time da_train.losses.mmd.mmd2 instead (Markdown table)")
     p.add_argument("--mmd-sizes", type=positive_int, nargs="+", default=[64, 256, 1024, 2048],
                    metavar="N", help="batch sizes n = m for --mmd-table")
     p.add_argument("--mmd-dims", type=positive_int, nargs="+", default=[128, 1200, 4096],
@@ -142,17 +144,6 @@ def tune_malloc() -> bool:
     from da_train.runtime import keep_freed_memory
 
     return keep_freed_memory()
-
-
-def bare_step(method, optimizers, updates, batch, progress, ctx) -> None:
-    """One optimisation step with nothing around it: the compute the trainer cannot avoid."""
-    for update in updates:
-        with ctx:
-            out = method.training_step(update, batch, progress)
-        opt = optimizers[update]
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
 
 
 def sync(device) -> None:
@@ -288,7 +279,7 @@ def measure_trainer(args, cfg, overrides, data, device, mem: PeakMemory) -> dict
     from da_train.models import build_backbone
     from da_train.trainer import Trainer
 
-    backbone = build_backbone(cfg.backbone.name, data.num_classes, data.input_shape)
+    backbone = build_backbone(cfg.backbone, data.num_classes, data.input_shape)
     method = build_method(cfg.method, backbone)
     with tempfile.TemporaryDirectory(prefix="da-bench-") as run_dir:
         trainer = Trainer(cfg, method, data, Path(run_dir), device, overrides)
@@ -320,8 +311,10 @@ def measure_trainer(args, cfg, overrides, data, device, mem: PeakMemory) -> dict
         memory = mem.stop()
         records = [json.loads(line) for line in
                    (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        # one record per timed repeat (log_every = --steps); a record at an evaluation step in
+        # between (the trainer evaluates at least 5 times per run) is not a repeat
         rates = [r["train/steps_per_s"] for r in records
-                 if "train/steps_per_s" in r and r["step"] > timed_from]
+                 if r["step"] > timed_from and r["step"] % args.steps == 0]
         if len(rates) != args.repeats:
             raise RuntimeError(f"expected {args.repeats} timed log intervals in metrics.jsonl, "
                                f"found {len(rates)} (steps {[r['step'] for r in records]})")
@@ -338,56 +331,37 @@ def measure_trainer(args, cfg, overrides, data, device, mem: PeakMemory) -> dict
             "faults_per_step": max(faults - eval_faults, 0) / (total - warm_from),
             "eval_samples": len(trainer.data.source_test.labels)
             + len(trainer.data.target_test.labels),
-            "method": trainer.method, "phase": last_phase,
+            "trainer": trainer, "phase": last_phase,
             "progress_from": (timed_from - last_from) / last_phase.steps,
             "progress_warm_from": (warm_from - last_from) / last_phase.steps,
         }
-        del trainer
     return out
 
 
 # ---------------------------------------------------------------------------- 2 + 3
-def make_optimizers(cfg, method, phase) -> dict:
-    """The optimisers the trainer builds for ``phase`` (same settings, same parameters)."""
-    from omegaconf import OmegaConf
-
-    from da_train.optim import build_optimizer
-
-    base = OmegaConf.to_container(cfg.optim, resolve=True)
-    return {update: build_optimizer(method.parameters_for(phase, update),
-                                    {**base, **method.optim_overrides(phase, update)})
-            for update in phase.updates}
-
-
-def amp_context(cfg, device):
-    import torch
-
-    if cfg.trainer.amp and device.type == "cuda":  # as the trainer does
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def optimise_all(trainer, batch, progress: float) -> None:
+    """Every update of the last phase on ``batch``: the trainer's own step (Trainer.optimise:
+    forward, backward, optimiser and lr step), without its sampling and logging."""
+    for update in trainer.phases[-1].updates:
+        trainer.optimise(update, batch, progress)
 
 
 def measure_bound(args, cfg, data, device, trained: dict, mem: PeakMemory) -> dict:
-    from da_train.data import normalise
     from da_train.methods import Batch
 
-    method, phase = trained["method"], trained["phase"]
-    bs = args.batch_size
-    labels = data.target_train_labels
-    batch = Batch(normalise(data.source_train.images[:bs].to(device)),
-                  data.source_train.labels[:bs].to(device),
-                  normalise(data.target_train_images[:bs].to(device)),
-                  labels[:bs].to(device) if method.needs_target_labels else None)
-    optimizers = make_optimizers(cfg, method, phase)
-    ctx = amp_context(cfg, device)
-    updates = phase.updates
+    trainer, phase = trained["trainer"], trained["phase"]
+    bs, pair = args.batch_size, trainer.data
+    labels = pair.target_train_labels
+    batch = Batch(pair.train_view(pair.source_train.images[:bs]), pair.source_train.labels[:bs],
+                  pair.train_view(pair.target_train_images[:bs]),
+                  labels[:bs] if trainer.method.needs_target_labels else None)
     p0 = trained["progress_warm_from"]
     dp = 1.0 / phase.steps
-    method.train()
+    trainer.method.train()
 
     def run_steps(n: int, offset: int) -> None:
         for i in range(n):
-            bare_step(method, optimizers, updates, batch, p0 + (offset + i) * dp, ctx)
+            optimise_all(trainer, batch, p0 + (offset + i) * dp)
 
     mem.start()
     rates, faults = timed_repeats(run_steps, device, args.warmup, args.steps, args.repeats)
@@ -464,17 +438,15 @@ def measure_usual(args, cfg, data, device, trained: dict, mem: PeakMemory) -> di
 
     from da_train.methods import Batch
 
-    method, phase = trained["method"], trained["phase"]
+    trainer, phase = trained["trainer"], trained["phase"]
     source, target, source_kind = usual_datasets(args, cfg, data)
     loaders = [DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
                           num_workers=args.workers) for ds in (source, target)]
     src_batches, tgt_batches = forever(loaders[0]), forever(loaders[1])
-    optimizers = make_optimizers(cfg, method, phase)
-    ctx = amp_context(cfg, device)
     p0 = trained["progress_warm_from"]
     dp = 1.0 / phase.steps
-    needs_yt = method.needs_target_labels
-    method.train()
+    needs_yt = trainer.method.needs_target_labels
+    trainer.method.train()
     xs, _ = source[0]
     if tuple(xs.shape) != tuple(data.input_shape):
         raise RuntimeError(f"usual pipeline images are {tuple(xs.shape)}, the trainer's "
@@ -485,7 +457,7 @@ def measure_usual(args, cfg, data, device, trained: dict, mem: PeakMemory) -> di
             (xs, ys), (xt, yt) = next(src_batches), next(tgt_batches)
             batch = Batch(xs.to(device), ys.to(device), xt.to(device),
                           yt.to(device) if needs_yt else None)
-            bare_step(method, optimizers, phase.updates, batch, p0 + (offset + i) * dp, ctx)
+            optimise_all(trainer, batch, p0 + (offset + i) * dp)
 
     mem.start()
     try:
@@ -724,6 +696,14 @@ def print_mmd_table(out: dict) -> None:
 
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["--pipeline", "folders"] or "--pipeline=folders" in argv[:1]:
+        # the input pipeline alone, for your own image folders: scripts/bench_pipeline.py
+        sys.path.insert(0, str(Path(__file__).parent))
+        import bench_pipeline
+
+        bench_pipeline.main(argv[1:] if argv[0] == "--pipeline=folders" else argv[2:])
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     check_overrides(parser, args.override)

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny but well-formed data root written by the tests themselves."""
 
+import bz2
 import os
 import struct
 from pathlib import Path
@@ -14,9 +15,20 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.fixture
-def tiny_root(tmp_path) -> Path:
-    """MNIST/raw with 64 train / 32 test random digits and 3 BSDS500-like photos."""
+def write_usps(path: Path, pixels: np.ndarray, labels: np.ndarray) -> None:
+    """libsvm lines '<digit+1> 1:v ... 256:v', v = pixel / 255 * 2 - 1 (USPS's format)."""
+    lines = []
+    for img, y in zip(pixels.reshape(len(pixels), -1), labels, strict=True):
+        vals = " ".join(f"{i + 1}:{v / 255 * 2 - 1:.6f}" for i, v in enumerate(img))
+        lines.append(f"{y + 1} {vals}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with bz2.open(path, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def make_tiny_root(tmp_path: Path) -> Path:
+    """MNIST/raw with 64 train / 32 test random digits, USPS with 64 / 32 random 16x16
+    digits, and 3 BSDS500-like photos."""
     rng = np.random.default_rng(0)
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -28,7 +40,16 @@ def tiny_root(tmp_path) -> Path:
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
             photos / f"{i}.jpg")
+    for name, n in (("usps.bz2", 64), ("usps.t.bz2", 32)):
+        write_usps(tmp_path / "USPS" / name, rng.integers(0, 256, (n, 16, 16)),
+                   rng.integers(0, 10, (n,)))
     return tmp_path
+
+
+@pytest.fixture
+def tiny_root(tmp_path) -> Path:
+    """A tiny, well-formed data root (see :func:`make_tiny_root`)."""
+    return make_tiny_root(tmp_path)
 
 
 @pytest.fixture

@@ -1,24 +1,18 @@
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
+from toy import compose_config
 
-from da_train.config import ConfigError, register_schema, validate
+from da_train.config import ConfigError, validate
 from da_train.methods import METHODS
 
-register_schema()
 DATA = ["mnist_mnistm"]
-
-
-def make(overrides):
-    with initialize_config_module(config_module="da_train.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("data", DATA)
 def test_every_method_and_data_composes(method, data):
-    cfg = make([f"method={method}", f"data={data}"])
+    cfg = compose_config([f"method={method}", f"data={data}"])
     assert cfg.method.name == method and cfg.data.name == data
     validate(cfg)
     assert cfg.trainer.batch_size == 64 and cfg.optim.momentum == 0.9
@@ -26,24 +20,24 @@ def test_every_method_and_data_composes(method, data):
 
 def test_data_root_follows_env(monkeypatch):
     monkeypatch.setenv("DA_DATA_ROOT", "/somewhere/data")
-    assert make([]).data.root == "/somewhere/data"
+    assert compose_config([]).data.root == "/somewhere/data"
     monkeypatch.delenv("DA_DATA_ROOT")
-    assert make([]).data.root == "data"
+    assert compose_config([]).data.root == "data"
 
 
 def test_wrong_type_is_rejected():
     with pytest.raises((ValidationError, ConfigCompositionException), match="lam"):
-        make(["method.lam=abc"])
+        compose_config(["method.lam=abc"])
 
 
 def test_misspelt_key_is_rejected():
     with pytest.raises((ConfigKeyError, ConfigCompositionException), match="step"):
-        make(["trainer.step=5"])
+        compose_config(["trainer.step=5"])
 
 
 def test_unknown_method_lists_choices():
     with pytest.raises(Exception) as err:
-        make(["method=nope"])
+        compose_config(["method=nope"])
     assert "dann" in str(err.value) and "source_only" in str(err.value)
 
 
@@ -53,4 +47,4 @@ def test_unknown_method_lists_choices():
 ])
 def test_range_validation_names_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(make([override]))
+        validate(compose_config([override]))

@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import io
 import os
 import tarfile
@@ -103,7 +104,7 @@ def test_blend_formula_and_determinism():
     rng = np.random.default_rng(3)
     digits = rng.integers(0, 256, (20, 32, 32), dtype=np.uint8)
     photo = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)  # one crop position only
-    out = blend_mnistm(digits, [photo], seed=5)
+    out = blend_mnistm(digits, [photo], seed=5, recipe="absdiff")
     expected = np.abs(photo[None].astype(int) - digits[..., None].astype(int))
     assert np.array_equal(out, expected)
     photos = [rng.integers(0, 256, (50, 70, 3), dtype=np.uint8) for _ in range(4)]
@@ -116,7 +117,7 @@ def test_build_mnistm_is_cached_and_deterministic(tiny_root, tmp_path):
     mnist = load_mnist(tiny_root, "test", download=False)
     first = build_mnistm(tiny_root, "test", mnist, seed=0, cache_root=tmp_path / "c1")
     again = build_mnistm(tiny_root, "test", mnist, seed=0, cache_root=tmp_path / "c2")
-    assert (tmp_path / "c1" / "mnist_m_built" / "test_seed0.pt").exists()
+    assert (tmp_path / "c1" / "mnist_m_built" / "test_mask_seed0.pt").exists()
     assert torch.equal(first.images, again.images)
     assert first.images.shape == (32, 3, 32, 32)
     assert torch.equal(first.labels, mnist.labels)
@@ -154,8 +155,8 @@ def test_to_keeps_missing_target_labels_missing():
 
 
 def test_unknown_pair_lists_choices():
-    with pytest.raises(DataError, match="mnist_mnistm, mnist01_23"):
-        load_pair(OmegaConf.create({"name": "svhn_mnist"}))
+    with pytest.raises(DataError, match="mnist_mnistm, mnist01_23, digits"):
+        load_pair(OmegaConf.create({"name": "office31"}))
 
 
 # --------------------------------------------------------------------------- mnist01_23
@@ -252,27 +253,29 @@ def test_missing_mnist_names_only_missing_files(digits_root):
 
 
 def _fake_download(monkeypatch, error, content=b"garbage"):
-    """Replace torchvision's downloader: write ``content`` (if any) where the file would go,
-    then raise ``error`` as torchvision does (md5 mismatch: RuntimeError)."""
+    """Replace the fetch function: write ``content`` (if any) where the file would go, then
+    raise ``error`` (if any), as a failed request does."""
     calls = []
 
-    def fake(url, download_root, extract_root=None, filename=None, md5=None, **_):
+    def fake(url, dest, **_):
         calls.append(url)
         if content is not None:
-            Path(download_root, filename).write_bytes(content)
-        raise error
+            Path(dest).write_bytes(content)
+        if error is not None:
+            raise error
 
-    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", fake)
+    monkeypatch.setattr("da_train.data.download.fetch_url", fake)
     return calls
 
 
 def test_mnist_md5_mismatch_becomes_data_error(tmp_path, monkeypatch):
-    calls = _fake_download(monkeypatch, RuntimeError("File not found or corrupted."))
+    calls = _fake_download(monkeypatch, None)
     with pytest.raises(DataError) as err:
         load_mnist(tmp_path, "train", download=True)
     msg, path = str(err.value), tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     assert f"downloaded {path} does not match its published md5" in msg
-    assert "f68b3c2dcbeaaa9fbdd348bbdeb94873" in msg and f"Delete {path}" in msg
+    assert "f68b3c2dcbeaaa9fbdd348bbdeb94873" in msg and f"Nothing was left at {path}" in msg
+    assert not path.exists()
     assert "data.download=true" in msg
     assert len(calls) >= 2  # every mirror was tried
 
@@ -287,7 +290,7 @@ def test_mnist_network_failure_names_file(tmp_path, monkeypatch):
 def test_mnist_download_fetches_only_missing_files(digits_root, monkeypatch):
     raw = digits_root / "MNIST" / "raw"
     (raw / "train-labels-idx1-ubyte").unlink()
-    calls = _fake_download(monkeypatch, RuntimeError("File not found or corrupted."))
+    calls = _fake_download(monkeypatch, None)
     with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
         load_mnist(digits_root, "train", download=True)
     assert all(url.endswith("train-labels-idx1-ubyte.gz") for url in calls)
@@ -342,7 +345,7 @@ def test_read_only_mnistm_cache_warns_and_builds_in_memory(tiny_root, tmp_path):
 def test_corrupt_mnistm_cache_is_rebuilt(tiny_root):
     mnist = load_mnist(tiny_root, "test", download=False)
     first = build_mnistm(tiny_root, "test", mnist, 0, tiny_root)
-    cache = tiny_root / "mnist_m_built" / "test_seed0.pt"
+    cache = tiny_root / "mnist_m_built" / "test_mask_seed0.pt"
     cache.write_bytes(cache.read_bytes()[:100])
     with pytest.warns(UserWarning, match="unreadable MNIST-M cache"):
         again = build_mnistm(tiny_root, "test", mnist, 0, tiny_root)
@@ -351,10 +354,10 @@ def test_corrupt_mnistm_cache_is_rebuilt(tiny_root):
 
 
 def _fake_bsds(monkeypatch, payload):
-    def fake(url, root, filename=None, md5=None, **_):
-        Path(root, filename).write_bytes(payload)
+    def fake(url, dest, **_):
+        Path(dest).write_bytes(payload)
 
-    monkeypatch.setattr("torchvision.datasets.utils.download_url", fake)
+    monkeypatch.setattr("da_train.data.download.fetch_url", fake)
 
 
 def _tar(members: dict[str, bytes]) -> bytes:
@@ -377,6 +380,8 @@ def test_bsds_download_unpacks_only_training_photos(tmp_path, monkeypatch):
     photo = _jpeg()
     members = {f"{BSDS_TRAIN_MEMBER}{i}.jpg": photo for i in range(BSDS_TRAIN_COUNT)}
     members["BSR/BSDS500/data/images/test/x.jpg"] = photo
+    sums = {f"{i}.jpg": hashlib.sha256(photo).hexdigest() for i in range(BSDS_TRAIN_COUNT)}
+    monkeypatch.setattr("da_train.data.bsds.train_checksums", lambda: sums)
     _fake_bsds(monkeypatch, _tar(members))
     photos = load_bsds_train(tmp_path, download=True)
     assert len(photos) == BSDS_TRAIN_COUNT and photos[0].shape == (40, 40, 3)

@@ -28,7 +28,7 @@ REQUIRED_FIRST = ["data", "method", "seeds", "target_acc_mean", "target_acc_std"
 def make_run(folder: Path, *, method="dann", data="mnist_mnistm", seed=0, target=0.8,
              source=0.98, extra=(), steps=1000, wall=10.0, status="completed",
              error=None, step=None, oracle=None, results=True, overrides_in_results=True,
-             confusion=None):
+             confusion=None, selection=None, pad=None):
     """Write a run folder: .hydra/{config,overrides}.yaml, status.json, results.json."""
     overrides = [f"method={method}", f"data={data}", f"seed={seed}", *extra]
     (folder / ".hydra").mkdir(parents=True)
@@ -52,6 +52,10 @@ def make_run(folder: Path, *, method="dann", data="mnist_mnistm", seed=0, target
             res["oracle"] = oracle
         if confusion is not None:
             res["target_confusion"] = confusion
+        if selection is not None:
+            res["selection"] = selection
+        if pad is not None:
+            res["proxy_a_distance"] = pad
         (folder / "results.json").write_text(json.dumps(res))
     return folder
 
@@ -71,7 +75,7 @@ def outputs(tmp_path) -> Path:
         make_run(lam / f"{i}_method.lam={value},seed={seed}", method="ddc", seed=seed,
                  target=tgt, extra=[f"method.lam={value}", "data.root=/x", "hydra.verbose=1"])
     runs = out / "runs" / "2026-01-03"
-    make_run(runs / "10-00_target_only", method="target_only", target=0.96)
+    make_run(runs / "10-00_target_only", method="target_only", target=0.96, oracle=True)
     make_run(runs / "11-00_source_only", method="source_only", target=0.55, oracle=False)
     make_run(runs / "12-00_failed", seed=5, status="failed", results=False,
              error="Non-finite value in train/loss at step 40\nsecond line")
@@ -203,7 +207,8 @@ def test_csv_columns_and_values(outputs, tmp_path):
         records = [dict(zip(header, line, strict=True)) for line in reader]
     assert header[:8] == REQUIRED_FIRST and header == CSV_COLUMNS
     assert header[8:] == ["variant", "source_acc_std", "wall_s_total", "oracle",
-                          "device_name", "command"]
+                          "device_name", "command", "target_acc_min", "target_acc_max",
+                          "proxy_a_distance"]
     assert len(records) == len(rows)
     dann = next(r for r in records if r["method"] == "dann")
     assert dann["target_acc_mean"] == f"{statistics.fmean([0.81, 0.82, 0.79]):.4f}"
@@ -211,6 +216,8 @@ def test_csv_columns_and_values(outputs, tmp_path):
     assert dann["seeds"] == "3" and dann["steps"] == "1000"
     assert dann["wall_s"] == "101.0" and dann["wall_s_total"] == "303.0"
     assert dann["oracle"] == "false" and dann["variant"] == ""
+    assert dann["target_acc_min"] == "0.7900" and dann["target_acc_max"] == "0.8200"
+    assert dann["proxy_a_distance"] == ""
     oracle = next(r for r in records if r["method"] == "target_only")
     assert oracle["oracle"] == "true" and oracle["target_acc_std"] == "0.0000"
 
@@ -289,3 +296,129 @@ def test_notes_file_is_appended_and_missing_file_is_an_error(outputs, tmp_path, 
     assert main([str(outputs), "--notes", str(tmp_path / "nope.md")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("da-report: error: cannot read the --notes file") and "nope.md" in err
+
+
+def test_oracle_flag_comes_from_results_json_not_the_method_name(tmp_path):
+    make_run(tmp_path / "a", method="target_only", target=0.9)            # no flag recorded
+    make_run(tmp_path / "b", method="my_oracle", target=0.95, oracle=True)
+    rows = summarise(load_runs(find_run_folders([tmp_path]))[0])
+    assert {r["method"]: r["oracle"] for r in rows} == {"target_only": False, "my_oracle": True}
+
+
+def test_proxy_a_distance_column(tmp_path):
+    make_run(tmp_path / "a", seed=0, pad=0.5)
+    make_run(tmp_path / "b", seed=1, pad=0.7)
+    make_run(tmp_path / "c", method="ddc", pad=None)
+    rows = summarise(load_runs(find_run_folders([tmp_path]))[0])
+    assert row_for(rows, "dann")["proxy_a_distance"] == pytest.approx(0.6)
+    assert row_for(rows, "ddc")["proxy_a_distance"] is None
+    text = to_markdown(rows, [])
+    assert "| proxy A-dist |" in text and "| 0.600 |" in text and "2 (1 - 2 err)" in text
+    assert "proxy A-dist" not in to_markdown(summarise(load_runs([tmp_path / "c"])[0]), [])
+
+
+# ------------------------------------------------------------------------ selection
+LAMS = (0.1, 0.3, 1.0, 3.0)
+# Mean target accuracy per lambda (seed 0 / seed 1); the oracle is lam=1 (0.85), the median
+# of (0.6, 0.75, 0.85, 0.5) is 0.675.
+ACC = {0.1: (0.58, 0.62), 0.3: (0.74, 0.76), 1.0: (0.84, 0.86), 3.0: (0.49, 0.51)}
+# Validators: entropy (lower is better) is lowest at lam=3 (a collapse: confident and wrong);
+# im is highest at lam=1 and ranks every configuration like target accuracy;
+# source_val_acc prefers the smallest lambda; dev (lower is better) picks lam=0.3.
+SCORES = {
+    0.1: {"entropy": 0.5, "im": 1.0, "source_val_acc": 0.99, "dev": 0.40},
+    0.3: {"entropy": 0.4, "im": 1.5, "source_val_acc": 0.98, "dev": 0.20},
+    1.0: {"entropy": 0.3, "im": 2.0, "source_val_acc": 0.97, "dev": 0.30},
+    3.0: {"entropy": 0.1, "im": 0.5, "source_val_acc": 0.90, "dev": 0.90},
+}
+
+
+@pytest.fixture
+def lam_sweep(tmp_path) -> Path:
+    sweep = tmp_path / "sweep"
+    job = 0
+    for lam in LAMS:
+        for seed in (0, 1):
+            scores = {k: v + 0.001 * seed for k, v in SCORES[lam].items()}
+            make_run(sweep / f"{job}", method="dann", data="mnist_usps", seed=seed,
+                     target=ACC[lam][seed], extra=[f"method.lam={lam}"], selection=scores)
+            job += 1
+    # An oracle run with the best accuracy of all: never a candidate.
+    make_run(sweep / "oracle", method="target_only", data="mnist_usps", target=0.99,
+             oracle=True, selection={"entropy": 0.0, "im": 3.0})
+    return sweep
+
+
+def selection_table(text):
+    section = text.split("## Model selection without target labels")[1].split("\n## ")[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| mnist")]
+    return {(r[1], r[2]): r for r in rows}
+
+
+def test_selection_picks_gaps_and_rank_correlation(lam_sweep, capsys):
+    assert main([str(lam_sweep), "--selection"]) == 0
+    out = capsys.readouterr().out
+    table = selection_table(out)
+    assert set(table) == {("dann", v) for v in
+                          ("oracle (target labels)", "entropy", "im", "source_val_acc", "dev")}
+    oracle = table[("dann", "oracle (target labels)")]
+    assert oracle[4:9] == ["dann [method.lam=1.0]", "0.8500", "+0.0000", "+0.1750", "+1.00"]
+    entropy = table[("dann", "entropy")]
+    # ranks of -entropy 1,2,3,4 vs accuracy 2,3,4,1: rho = 1 - 6 * 12 / 60 = -0.2
+    assert entropy[3:9] == ["lower", "dann [method.lam=3.0]", "0.5000", "-0.3500", "-0.1750",
+                            "-0.20"]
+    im = table[("dann", "im")]
+    assert im[3:9] == ["higher", "dann [method.lam=1.0]", "0.8500", "+0.0000", "+0.1750",
+                       "+1.00"]
+    assert table[("dann", "source_val_acc")][4:7] == ["dann [method.lam=0.1]", "0.6000",
+                                                      "-0.2500"]
+    dev = table[("dann", "dev")]
+    assert dev[4:6] == ["dann [method.lam=0.3]", "0.7500"]
+    # dev oriented (-dev): 0.1 -> -0.4, 0.3 -> -0.2, 1 -> -0.3, 3 -> -0.9; acc order 3,0.1,0.3,1
+    assert dev[8] == "+0.80" and dev[9].strip(" |") == "4"
+    # The main table is unchanged: one row per lambda, final-step numbers.
+    assert "| mnist_usps | dann | method.lam=1.0 | 2 | 0.8500 ± 0.0141 |" in out
+
+
+def test_selection_rows_function_directly(lam_sweep):
+    from da_train.report import selection_rows, selection_scopes
+    from da_train.selection import DIRECTIONS
+
+    completed, _ = load_runs(find_run_folders([lam_sweep]))
+    [(data, scope, configs)] = selection_scopes(completed)
+    assert (data, scope, len(configs)) == ("mnist_usps", "dann", 4)
+    rows = {r["validator"]: r for r in selection_rows(configs, DIRECTIONS)}
+    assert rows["im"]["rho"] == pytest.approx(1.0)
+    assert rows["entropy"]["vs_oracle"] == pytest.approx(-0.35)
+    assert "snd" not in rows   # not recorded by any run: no row rather than a guess
+
+
+def test_selection_across_methods_and_without_candidates(tmp_path, capsys):
+    make_run(tmp_path / "a", method="dann", data="p", target=0.7, selection={"im": 1.0})
+    make_run(tmp_path / "b", method="ddc", data="p", target=0.8, selection={"im": 0.5})
+    assert main([str(tmp_path), "--selection"]) == 0
+    table = selection_table(capsys.readouterr().out.replace("| p |", "| mnist_p |"))
+    assert table[("all methods", "im")][4:7] == ["dann", "0.7000", "-0.1000"]
+    assert table[("all methods", "im")][8] == ""      # two configurations: no rank corr
+    only = tmp_path / "only"
+    make_run(only / "a", method="dann", data="p", target=0.7)
+    assert main([str(only), "--selection"]) == 0
+    assert "No data pair has two or more" in capsys.readouterr().out
+
+
+def test_selection_in_markdown_file_only_when_asked(lam_sweep, tmp_path):
+    md = tmp_path / "r.md"
+    assert main([str(lam_sweep), "--md", str(md)]) == 0
+    assert "Model selection" not in md.read_text()
+    assert main([str(lam_sweep), "--md", str(md), "--selection"]) == 0
+    assert "## Model selection without target labels" in md.read_text()
+
+
+def test_plots_without_matplotlib_is_one_clear_error(outputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    assert main([str(outputs), "--plots", str(tmp_path / "figs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("da-report: error: figures need matplotlib")
+    assert 'pip install "da-train[plots]"' in err and err.count("\n") == 1

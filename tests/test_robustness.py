@@ -7,18 +7,11 @@ import time
 import pytest
 import torch
 from cli_helpers import da_train, small, start_da_train
-from hydra import compose, initialize_config_module
+from conftest import make_tiny_root
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from toy import compose_config
 
-from da_train.config import ConfigError, register_schema, validate
-
-register_schema()
-
-
-def compose_cfg(overrides):
-    with initialize_config_module(config_module="da_train.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
+from da_train.config import ConfigError, validate
 
 # ---------------------------------------------------------------- validation
 BAD_VALUES = [
@@ -50,7 +43,7 @@ BAD_VALUES = [
 @pytest.mark.parametrize("overrides,key,allowed", BAD_VALUES)
 def test_each_validated_key_names_key_value_and_allowed(overrides, key, allowed):
     with pytest.raises(ConfigError) as err:
-        validate(compose_cfg(overrides))
+        validate(compose_config(overrides))
     message = str(err.value)
     bad_value = overrides[-1].split("=", 1)[1]
     assert key in message and allowed in message
@@ -93,7 +86,7 @@ def test_nan_stops_run_keeps_last_good_checkpoint(tiny_root, tmp_path):
     assert "train/loss became NaN or inf at step 15" in proc.stderr
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "failed" and "step 15" in status["error"]
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 10
     assert all(torch.isfinite(v).all() for v in ckpt["method"].values() if v.is_floating_point())
     assert not (out / "results.json").exists()
@@ -134,20 +127,31 @@ def _wait_for_step(metrics, step, proc, timeout=120):
     raise AssertionError("run did not reach the step in time")
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_killed_run_resumes_to_identical_results(tiny_root, tmp_path, sig, code):
-    args = [*small(tiny_root, steps=300), "trainer.ckpt_every=100", "trainer.log_every=5"]
-    reference = tmp_path / "reference"
-    assert da_train([*args, f"hydra.run.dir={reference}"], tmp_path).returncode == 0
+STEPS = 150
 
+
+@pytest.fixture(scope="module")
+def resume_setup(tmp_path_factory):
+    """One uninterrupted reference run, shared by the kill-and-resume tests."""
+    root = make_tiny_root(tmp_path_factory.mktemp("data"))
+    args = [*small(root, steps=STEPS), "trainer.ckpt_every=50", "trainer.log_every=5",
+            "trainer.eval_every=50"]
+    reference = tmp_path_factory.mktemp("reference") / "run"
+    assert da_train([*args, f"hydra.run.dir={reference}"], reference.parent).returncode == 0
+    return args, reference
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_killed_run_resumes_to_identical_results(resume_setup, tmp_path, sig, code):
+    args, reference = resume_setup
     run = tmp_path / "killed"
     proc = start_da_train([*args, f"hydra.run.dir={run}"], tmp_path)
-    _wait_for_step(run / "metrics.jsonl", 40, proc)
+    _wait_for_step(run / "metrics.jsonl", 20, proc)
     proc.send_signal(sig)
     assert proc.wait(timeout=120) == code
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "interrupted" and status["step"] < 300
-    stopped_at = torch.load(run / "checkpoint.pt", weights_only=False)["step"]
+    assert status["status"] == "interrupted" and status["step"] < STEPS
+    stopped_at = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
     assert stopped_at == status["step"]
     assert "trainer.resume=" in proc.stderr.read()
 
@@ -164,11 +168,11 @@ def test_killed_run_resumes_to_identical_results(tiny_root, tmp_path, sig, code)
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
     steps = [e.step for e in acc.Scalars("train/loss")]
-    assert steps == sorted(set(steps)) and steps[-1] == 300  # no duplicate steps
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS  # no duplicate steps
     ref = {json.loads(x)["step"]: json.loads(x) for x in
            (reference / "metrics.jsonl").read_text().splitlines()}
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["train/loss"] == ref[300]["train/loss"]  # bit-identical training after resume
+    assert last["train/loss"] == ref[STEPS]["train/loss"]  # bit-identical training after resume
 
 
 def test_same_seed_is_bit_identical_on_cpu(tiny_root, tmp_path):

@@ -54,6 +54,8 @@ class DomainPair:
     target_train_labels: torch.Tensor | None = None
     class_names: tuple[str, ...] | None = None
     normalize: str = "global"
+    #: labelled source images held out of training for validators (data/source_val.py)
+    source_val: Split | None = None
 
     def train_view(self, images: torch.Tensor) -> torch.Tensor:
         """A training batch as network input."""
@@ -65,10 +67,13 @@ class DomainPair:
 
     def sizes(self) -> dict[str, int]:
         """Number of samples per split (results.json ``sizes``)."""
-        return {"source_train": len(self.source_train.labels),
-                "source_test": len(self.source_test.labels),
-                "target_train": len(self.target_train_images),
-                "target_test": len(self.target_test.labels)}
+        sizes = {"source_train": len(self.source_train.labels),
+                 "source_test": len(self.source_test.labels),
+                 "target_train": len(self.target_train_images),
+                 "target_test": len(self.target_test.labels)}
+        if self.source_val is not None:
+            sizes["source_val"] = len(self.source_val.labels)
+        return sizes
 
     def names(self) -> list[str]:
         """Class names (results.json ``class_names``); the class index when none are known."""
@@ -85,7 +90,8 @@ class DomainPair:
             self, source_train=self.source_train.to(device),
             target_train_images=self.target_train_images.to(device),
             source_test=self.source_test.to(device), target_test=self.target_test.to(device),
-            target_train_labels=None if labels is None else labels.to(device))
+            target_train_labels=None if labels is None else labels.to(device),
+            source_val=None if self.source_val is None else self.source_val.to(device))
 
 
 def normalise(images: torch.Tensor, mode: str = "global") -> torch.Tensor:

@@ -4,12 +4,22 @@ and the two ways the digit pairs reshape it (RGB 32x32, a subset of digits)."""
 from __future__ import annotations
 
 import gzip
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import DOWNLOAD_ERRORS, DataError, Split, _require_writable
+from .core import DataError, Split, _require_writable
+from .download import Missing, Remote, download, temp_path
+
+log = logging.getLogger(__name__)
+
+#: torchvision's MNIST mirrors (``MNIST.mirrors``), named in messages without importing it.
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                 "http://yann.lecun.com/exdb/mnist/")
 
 
 def _refetch(path: Path) -> str:
@@ -55,7 +65,7 @@ def _find_idx(raw_dir: Path, name: str) -> Path | None:
 def load_mnist(root: str | Path, split: str, download: bool) -> Split:
     """MNIST as uint8 28x28 (N x 28 x 28) from ``<root>/MNIST/raw`` (torchvision's layout).
 
-    With ``download`` the missing files are fetched by torchvision (md5-checked).
+    With ``download`` only the missing files are fetched (md5-checked, mirrors in order).
     """
     raw_dir = Path(root) / "MNIST" / "raw"
     names = MNIST_FILES[split]
@@ -70,6 +80,20 @@ def load_mnist(root: str | Path, split: str, download: bool) -> Split:
     images, labels = read_idx(img_path), read_idx(lbl_path)
     _check_mnist_arrays(img_path, images, lbl_path, labels)
     return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
+
+
+def missing_mnist(root: str | Path) -> Missing | None:
+    """The MNIST files (both splits) not in ``<root>/MNIST/raw``, or None when all are there:
+    what the pair checks before building anything, to name every missing file at once."""
+    raw_dir = Path(root) / "MNIST" / "raw"
+    names = [n for split in MNIST_FILES.values() for n in split]
+    missing = [n for n in names if _find_idx(raw_dir, n) is None]
+    if not missing:
+        return None
+    return Missing("MNIST files", raw_dir, [n + ".gz" for n in missing], len(names),
+                   "the .gz files from a torchvision MNIST mirror "
+                   f"({MNIST_MIRRORS[0]}); the uncompressed files (no .gz) work too.",
+                   lambda: download_mnist(raw_dir, missing))
 
 
 def _check_mnist_arrays(img_path: Path, images: np.ndarray, lbl_path: Path,
@@ -89,45 +113,46 @@ def _check_mnist_arrays(img_path: Path, images: np.ndarray, lbl_path: Path,
 def _missing_mnist_message(raw_dir: Path, missing: list[str], why: str) -> str:
     files = ", ".join(f"{raw_dir / n}[.gz]" for n in missing)
     return (f"MNIST files not found ({why}): {files}. Fetch them with "
-            f"`da-train data.root={raw_dir.parent.parent} data.download=true` (torchvision "
-            "downloads them), or point data.root / DA_DATA_ROOT at a folder holding MNIST/raw.")
+            f"`da-train data.root={raw_dir.parent.parent} data.download=true`, or copy them "
+            "there by hand and run `DA_DATA_ROOT=<folder holding MNIST/raw> da-train "
+            "data.download=false`.")
+
+
+def mnist_remotes(names: list[str]) -> list[Remote]:
+    """The .gz files of ``names`` (IDX names without .gz): torchvision's mirrors in its order,
+    checked against the md5 torchvision publishes (``MNIST.resources``)."""
+    from torchvision.datasets import MNIST
+
+    md5s = dict(MNIST.resources)
+    return [Remote(n + ".gz", tuple(m + n + ".gz" for m in MNIST.mirrors), md5s[n + ".gz"], "md5")
+            for n in names]
 
 
 def download_mnist(raw_dir: Path, names: list[str]) -> None:
-    """Fetch MNIST IDX files (``names`` without .gz) with torchvision's md5-checked downloader.
+    """Fetch MNIST IDX files (``names`` without .gz) and unpack each next to its .gz.
 
-    One file at a time (not torchvision's ``MNIST(download=True)``) so that a failure names
-    the file, and a checksum failure is told apart from a network failure.
+    One file at a time, each from every mirror in turn; the first file that no mirror delivers
+    stops the download (the network is most likely down) with a message naming it.
     """
-    from torchvision.datasets import MNIST
-    from torchvision.datasets import utils as tv_utils
-
     _require_writable(raw_dir, "The MNIST files")
-    md5s = dict(MNIST.resources)
-    for name in names:
-        archive, errors = name + ".gz", []
-        for mirror in MNIST.mirrors:
-            try:
-                tv_utils.download_and_extract_archive(
-                    mirror + archive, str(raw_dir), filename=archive, md5=md5s[archive])
-                break
-            except DOWNLOAD_ERRORS as err:
-                errors.append(f"{mirror}: {err}".strip())
-        else:
-            raise DataError(_mnist_download_message(raw_dir / archive, md5s[archive], errors))
+    for remote in mnist_remotes(names):
+        log.info("Downloading %s into %s", remote.name, raw_dir)
+        gz = download(remote, raw_dir)
+        _gunzip(gz, raw_dir / remote.name.removesuffix(".gz"))
 
 
-def _mnist_download_message(path: Path, md5: str, errors: list[str]) -> str:
-    from torchvision.datasets.utils import check_integrity
-
-    tried = "; ".join(" ".join(e.split()) for e in errors)
-    rerun = f"`da-train data.root={path.parent.parent.parent} data.download=true`"
-    if path.exists() and not check_integrity(str(path), md5):
-        return (f"The downloaded {path} does not match its published md5 {md5} (the download "
-                f"was cut short or a mirror served a different file; tried {tried}). Delete "
-                f"{path} and run {rerun} again.")
-    return (f"Downloading {path.name} into {path.parent} failed from every mirror ({tried}). "
-            f"Check the network and run {rerun} again, or copy the MNIST files there by hand.")
+def _gunzip(src: Path, dest: Path) -> None:
+    """Unpack next to the archive (torchvision's layout: both forms in MNIST/raw), atomically."""
+    tmp = temp_path(dest.parent, dest.name)
+    try:
+        with gzip.open(src, "rb") as f_in, open(tmp, "wb") as f_out:
+            shutil.copyfileobj(f_in, f_out, 1 << 20)
+        os.replace(tmp, dest)
+    except (OSError, EOFError) as err:
+        raise DataError(f"Cannot unpack {src} ({err}) although its md5 matched. "
+                        f"{_refetch(src)}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def mnist_to_rgb32(images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,80 @@
+"""Batched image augmentation on the training device (no per-sample PIL work).
+
+Training: random resized crop (torchvision's scale (0.08, 1) and ratio (3/4, 4/3) ranges)
+plus horizontal flip, done for the whole batch as one ``affine_grid`` + ``grid_sample``
+(bilinear); evaluation: a centre crop. Both end with the normalisation (ImageNet mean/std for
+pretrained backbones). Random numbers come from torch's generator on the batch's device, so a
+fixed seed gives the same crops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalise_images(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """uint8-valued floats (0..255) -> network input: ``imagenet`` mean/std or ``global``
+    ``x / 127.5 - 1``. One fused multiply-add per pixel."""
+    if mode == "global":
+        return x.mul_(1 / 127.5).sub_(1.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    if x.shape[1] != 3:
+        mean, std = mean.mean(1, keepdim=True), std.mean(1, keepdim=True)
+    return torch.addcmul(-mean / std, x, 1 / (255 * std))  # one pass over the batch
+
+
+def crop_params(n: int, device, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per image (width, height, centre x, centre y, flip sign) as fractions of the image.
+
+    Area fraction ~ U(scale), log aspect ratio ~ U(log ratio) as in torchvision; a box wider or
+    taller than the image is shrunk to fit (torchvision retries, then falls back to the centre).
+    """
+    u = torch.rand(n, 5, device=device, generator=generator)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    r = log_r.exp()
+    w, h = (area * r).sqrt().clamp(max=1.0), (area / r).sqrt().clamp(max=1.0)
+    cx = w / 2 + (1 - w) * u[:, 2]
+    cy = h / 2 + (1 - h) * u[:, 3]
+    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
+    return torch.stack([w, h, cx, cy, flip], 1)
+
+
+def random_resized_crop_flip(images: torch.Tensor, size: int,
+                             generator: torch.Generator | None = None,
+                             params: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 B x C x H x W -> float (0..255) B x C x size x size: a random box of each image,
+    resized bilinearly, mirrored for about half of the batch."""
+    b = images.shape[0]
+    p = crop_params(b, images.device, generator=generator) if params is None else params
+    theta = torch.zeros(b, 2, 3, device=images.device)
+    theta[:, 0, 0] = p[:, 0] * p[:, 4]
+    theta[:, 1, 1] = p[:, 1]
+    theta[:, 0, 2] = 2 * p[:, 2] - 1
+    theta[:, 1, 2] = 2 * p[:, 3] - 1
+    grid = F.affine_grid(theta, [b, images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
+def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 B x C x H x W -> float (0..255) B x C x size x size, the middle of each image."""
+    h, w = images.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top:top + size, left:left + size].float()
+
+
+def train_transform(images: torch.Tensor, size: int, mode: str, generator=None) -> torch.Tensor:
+    return normalise_images(random_resized_crop_flip(images, size, generator), mode)
+
+
+def eval_transform(images: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    return normalise_images(centre_crop(images, size), mode)
