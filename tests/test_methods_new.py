@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from cli_helpers import da_train, small
-from toy import method_config, toy_batch, toy_config, train
+from toy import compose_config, method_config, toy_batch, toy_config, train
 
 from da_train.methods import build_method
 from da_train.models import build_backbone
@@ -33,10 +33,11 @@ def test_beats_source_only_on_rotated_moons(source_only, tmp_path, method, optio
     assert model["target_acc"] > source_only["target_acc"] + 0.05, (source_only, model)
 
 
+@pytest.mark.parametrize("data", ["mnist_mnistm", "mnist_usps"])
 @pytest.mark.parametrize("method", NEW)
-def test_runs_through_the_cli_on_mnist_mnistm(tiny_root, tmp_path, method):
+def test_runs_through_the_cli_on_both_pairs(tiny_root, tmp_path, method, data):
     out = tmp_path / "run"
-    proc = da_train([*small(tiny_root, steps=6, method=method), "data=mnist_mnistm",
+    proc = da_train([*small(tiny_root, steps=6, method=method), f"data={data}",
                      "trainer.embed_samples=0", f"hydra.run.dir={out}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
@@ -109,10 +110,11 @@ def test_vada_loss_is_dann_plus_entropy_plus_both_vats():
     assert logs["loss_vat_source"] > 0 and logs["loss_vat_target"] > 0
 
 
-def test_vada_presets_use_instance_normalisation():
-    from toy import compose_config
-    cfg = compose_config(["experiment=vada_mnist_mnistm"])
-    assert cfg.method.name == "vada" and cfg.data.normalize == "instance"
-    for name in ("cdan", "mcc", "coral", "bnm"):
-        cfg = compose_config([f"experiment={name}_mnist_mnistm"])
-        assert cfg.method.name == name and cfg.data.name == "mnist_mnistm"
+def test_presets_of_every_pair_compose():
+    for pair in ("mnist_mnistm", "mnist_usps", "usps_mnist"):
+        cfg = compose_config([f"experiment=vada_{pair}"])
+        assert cfg.method.name == "vada" and cfg.data.normalize == "instance"
+        for name in ("cdan", "mcc", "coral", "bnm"):
+            cfg = compose_config([f"experiment={name}_{pair}"])
+            assert cfg.method.name == name and cfg.data.name == pair
+            assert cfg.backbone.name == ("dann_digits" if pair == "mnist_mnistm" else "lenet")
