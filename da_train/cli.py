@@ -15,19 +15,28 @@ Every job writes ``status.json`` (running / completed / failed / interrupted).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import importlib
+import logging
 import os
+import shutil
 import sys
 import traceback
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, override_key, register_schema, validate
+from . import sweeps
+from .config import Config, ConfigError, override_key, register_schema, validate
 from .data import DataError, load_pair
+from .data.schemas import SCHEMAS as DATA_SCHEMAS
 from .methods import METHODS, build_method
 from .models import build_backbone
 from .runtime import (
@@ -40,6 +49,8 @@ from .runtime import (
 from .trainer import CHECKPOINT, NonFiniteLossError, RunInterrupted, Trainer
 
 register_schema()
+sweeps.register()
+log = logging.getLogger("da_train.cli")
 
 # Only errors a user can fix are shortened to one message; a bug keeps its stack trace.
 USER_ERRORS = (ConfigError, DataError, NonFiniteLossError)
@@ -106,11 +117,88 @@ def _discard_if_empty(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
+# ---------------------------------------------------------------------------- known keys
+#: Config groups (key=choice), not keys.
+GROUPS = ("method", "data", "backbone", "optim", "trainer", "experiment")
+
+
+def _choice_schemas() -> dict[str, list[type]]:
+    """The schemas a group typed ``Any`` can take: every method's, data family's, backbone's."""
+    from .models import BACKBONE_SCHEMAS
+
+    return {"method": [m.Config for m in METHODS.values()],
+            "data": list(DATA_SCHEMAS.values()), "backbone": list(BACKBONE_SCHEMAS.values())}
+
+
+def _schema_keys(node, prefix: str = "") -> set[str]:
+    """Dotted keys of a schema dataclass; a group typed Any gets the keys of all its schemas."""
+    keys = set()
+    choices = _choice_schemas() if not prefix else {}
+    for f in dataclasses.fields(node):
+        key = f"{prefix}{f.name}"
+        inner = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if key in choices:
+            for schema in choices[key]:
+                keys |= _schema_keys(schema, f"{key}.")
+        elif dataclasses.is_dataclass(inner):
+            keys |= _schema_keys(type(inner), f"{key}.")
+        else:
+            keys.add(key)
+    return keys
+
+
+def _unknown_key_message(text: str, key: str, known) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+    hint = f"Did you mean {close[0]}? " if close else ""
+    return (f"unknown config key in `{text}`: no schema has {key}, so the value would be "
+            f"ignored. {hint}`da-train --cfg job` prints every key with its value "
+            "(`da-train method=<name> --cfg job` for a method's own keys); `da-train --help` "
+            "lists the groups.")
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """Reject command-line keys no schema knows, with or without ``+`` (Hydra would only
+    reject those without, and then advise adding ``+``, which silently adds a stray key)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException:
+        return  # Hydra reports the syntax error itself
+    known = _schema_keys(Config)
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_delete() or key.startswith("hydra") or key in GROUPS \
+                or key in known or any(key.startswith(k + ".") for k in known):
+            continue
+        raise ConfigError(_unknown_key_message(override.input_line, key, known))
+
+
+def _check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
+    """``+method.kernel=...`` with a method that has no kernel (or a data/backbone key the
+    chosen family lacks): the chosen schema decides (check_override_keys only knew the keys
+    of all methods, data families and backbones together)."""
+    for text in overrides:
+        key = override_key(text)
+        group = key.split(".", 1)[0]
+        if not text.startswith("+") or group not in ("method", "data", "backbone"):
+            continue
+        schema = OmegaConf.get_type(cfg[group])
+        if not dataclasses.is_dataclass(schema):
+            continue
+        own = _schema_keys(schema, f"{group}.")
+        if key not in own:
+            raise ConfigError(_unknown_key_message(text, key, own))
+
+
 # ---------------------------------------------------------------------------- one run
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Train (or continue) one run described by ``cfg`` into ``run_dir``; returns results."""
     validate(cfg)
+    _check_added_keys(cfg, overrides)
     target = _resume_target(cfg, run_dir)
+    if target is None and sweeps.job_state(run_dir) == "resumable":
+        target = run_dir  # this folder's job was interrupted or killed: continue it
     if target is not None:
         cfg = _resumed_config(cfg, target, overrides)
         validate(cfg)
@@ -131,7 +219,17 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     return trainer.fit()
 
 
-def _record_failure(run_dir: Path, err: BaseException) -> None:
+def _record_failure(run_dir: Path, err: BaseException, discard: bool = False) -> None:
+    """Write status.json = failed; with ``discard``, a folder in which nothing started
+    (only Hydra's .hydra/ and log) is removed instead, so da-report has nothing to list."""
+    fresh = run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log"
+                                     for p in run_dir.iterdir())
+    if discard and isinstance(err, ConfigError) and fresh:
+        shutil.rmtree(run_dir)
+        return
+    if (run_dir / "status.json").is_file() and isinstance(err, ConfigError) \
+            and sweeps.job_state(run_dir) == "completed":
+        return  # a finished run given a bad config: leave its record alone
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "status.json", {"status": "failed", "error": str(err),
                                          "error_type": type(err).__name__})
@@ -139,33 +237,47 @@ def _record_failure(run_dir: Path, err: BaseException) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://da_train.conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """One job. Returns the objective (for hydra/sweeper=optuna), None when the job failed."""
     _STATE["jobs_started"] += 1
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    full_error = _STATE.get("full_error", False)
+    threads = sweeps.torch_threads(int(cfg.trainer.threads), hc.get("launcher"))
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d (trainer.threads=%s)", threads, cfg.trainer.threads)
     try:
-        results = run(cfg, run_dir, list(hc.overrides.task))
+        with sweeps.PreemptionRequeue() as preemption:
+            try:
+                results = run(cfg, run_dir, list(hc.overrides.task))
+            except RunInterrupted as err:
+                preemption.requeue(err.signum)  # exits when submitit requeues the job
+                raise
+        return _record_objective(cfg, results)
     except RunInterrupted as err:
         print(f"da-train: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except USER_ERRORS as err:
-        _record_failure(run_dir, err)
-        if full_error:
+        _record_failure(run_dir, err, discard=not multirun)
+        if _STATE.get("full_error", False):
             raise
         print(f"da-train: error: {err}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
-        return
     except Exception as err:
         _record_failure(run_dir, err)
         if not multirun:
             raise
         traceback.print_exc()  # a bug: keep the trace, but let the other jobs run
-        return
+    return None
+
+
+def _record_objective(cfg: DictConfig, results: dict) -> float:
+    """Print the run's accuracies; return its objective (what hydra/sweeper=optuna maximises;
+    the trainer wrote it to results.json, marking a target-label objective as oracle)."""
     print(f"da-train: target_acc={results['target_acc']:.4f} "
           f"source_acc={results['source_acc']:.4f} -> {results['run_dir']}")
+    return results["objective"]["maximised"]
 
 
 def _explain_rejection(err: Exception) -> str:
@@ -181,10 +293,73 @@ def _explain_rejection(err: Exception) -> str:
             "`da-train --cfg job` prints the composed config.")
 
 
+def _version_text() -> str:
+    try:
+        ours = version("da-train")
+    except PackageNotFoundError:
+        ours = "unknown (not installed)"
+    return f"da-train {ours} (torch {torch.__version__}, hydra {hydra.__version__})"
+
+
+def _missing_plugin(overrides: list[str]) -> str | None:
+    """The one-paragraph message for a launcher/sweeper whose optional extra is missing."""
+    for choice, (extra, package) in sweeps.PLUGINS.items():
+        if choice not in overrides:
+            continue
+        module = "hydra_plugins." + package.replace("-", "_")
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return (f"{choice} needs the Hydra plugin {package}, which is not installed. "
+                    f'Install it with `pip install "da-train[{extra}]"` (or `pip install '
+                    f"{package}`), then run the same command again.")
+    return None
+
+
+def _user_overrides(argv: list[str]) -> list[str] | None:
+    from hydra._internal.utils import get_args_parser
+    try:
+        return list(get_args_parser().parse_args(argv).overrides)
+    except SystemExit:
+        return None  # a bad flag: Hydra's own parser reports it
+
+
+def _precheck(argv: list[str]) -> None:
+    """Checks that need no composed config, done before Hydra creates any folder."""
+    if "--version" in argv:
+        print(_version_text())
+        sys.exit(0)
+    overrides = _user_overrides(argv)
+    if overrides is None:
+        return
+    sweeps.note_constants(overrides)
+    message = _missing_plugin(overrides)
+    try:
+        check_override_keys(overrides)
+    except ConfigError as err:
+        message = message or str(err)
+    if message:
+        print(f"da-train: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _print_failures() -> None:
+    failed = sweeps.SUMMARY["failed"] if sweeps.SUMMARY["ran"] else _STATE["failed"]
+    jobs = sweeps.SUMMARY["jobs"] if sweeps.SUMMARY["ran"] else _STATE["jobs_started"]
+    if not failed:
+        return
+    print(f"da-train: {len(failed)} of {jobs} jobs failed:", file=sys.stderr)
+    for run_dir, err in failed:
+        text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+        print(f"  {run_dir}: {text}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     # Hydra re-raises errors (instead of printing its own report) when HYDRA_FULL_ERROR=1;
     # we set it so that every error comes here and gets da-train's one-paragraph message,
     # and honour the user's own HYDRA_FULL_ERROR=1 by re-raising with the full trace.
+    _precheck(sys.argv[1:])
     _STATE["full_error"] = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -193,16 +368,11 @@ def main() -> None:
         print("da-train: interrupted before training started; nothing to save.", file=sys.stderr)
         sys.exit(130)
     except Exception as err:
-        if _STATE["full_error"] or _STATE["jobs_started"]:
+        if _STATE["full_error"] or _STATE["jobs_started"] or sweeps.SUMMARY["jobs"]:
             raise  # a bug inside a job: keep the stack trace (exit 1)
         print(f"da-train: error: {_explain_rejection(err)}", file=sys.stderr)
         sys.exit(2)
-    if _STATE["failed"]:
-        print(f"da-train: {len(_STATE['failed'])} of {_STATE['jobs_started']} jobs failed:",
-              file=sys.stderr)
-        for run_dir, err in _STATE["failed"]:
-            print(f"  {run_dir}: {type(err).__name__}: {err}", file=sys.stderr)
-        sys.exit(2)
+    _print_failures()
 
 
 if __name__ == "__main__":

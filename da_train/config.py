@@ -165,9 +165,13 @@ def all_rules(cfg: DictConfig) -> dict[str, Rule]:
     """The general rules, the data families' and those of the chosen method."""
     from .data.schemas import DATA_RULES
     from .methods import METHODS
+    from .selection import DIRECTIONS
 
     method = METHODS.get(OmegaConf.select(cfg, "method.name"))
     extra = {f"method.{k}": r for k, r in method.Config.rules.items()} if method else {}
+    objectives = ("source_acc", *DIRECTIONS, "target_acc")
+    extra["objective"] = (lambda v: v in objectives, " or ".join(objectives) + " (target_acc "
+                          "reads target labels: the run is marked as an oracle selection)")
     return {**RULES, **DATA_RULES, **extra}
 
 

@@ -43,6 +43,7 @@ from .runtime import (
 )
 from .sampling import EpochSampler
 from .selection import compute_validators, proxy_a_distance
+from .sweeps import is_oracle, objective
 
 CHECKPOINT = "checkpoint.pt"
 EMBEDDINGS = "embeddings.npz"
@@ -379,6 +380,10 @@ class Trainer:
             self.save_embeddings(last=last)
         if self.tcfg.figures:
             self.add_figures(writer)
+        value, raw = objective(results, self.cfg.objective)
+        results["objective"] = {"name": self.cfg.objective, "score": raw, "maximised": value}
+        if is_oracle(self.cfg.objective):
+            results["oracle_selection"] = True  # chosen by target labels: da-report says so
         writer.add_hparams(self.hparams(), {"hparam/target_acc": results["target_acc"],
                                             "hparam/source_acc": results["source_acc"]},
                            run_name=".", global_step=self.step)

@@ -210,16 +210,14 @@ def test_cli_digits_any_pair_and_unknown_key(svhn_root, usps_root, tmp_path):
 
 def _fit(data, method, real_root, tmp_path, steps):
     """One digit-pair run (the preset's ADDA protocol) with the Trainer API; its results."""
-    from hydra import compose, initialize_config_module
+    from toy import compose_config
 
-    from da_train.config import register_schema
     from da_train.methods import build_method
     from da_train.models import build_backbone
-    from da_train.trainer import Trainer, seed_everything
+    from da_train.runtime import seed_everything
+    from da_train.trainer import Trainer
 
-    register_schema()
-    with initialize_config_module("da_train.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[
+    cfg = compose_config([
             f"data={data}", f"method={method}", "backbone=dann_digits", f"data.root={real_root}",
             "data.download=false", f"trainer.steps={steps}", f"trainer.eval_every={steps}",
             "trainer.batch_size=64", "trainer.embed_samples=0", "trainer.eval_samples=2000",

@@ -222,4 +222,4 @@ def folders_pair(cfg) -> FolderPair:
     src_tr, src_te = _cached_splits(cfg, src_train, src_test)
     tgt_tr, tgt_te = _cached_splits(cfg, tgt_train, tgt_test)
     return FolderPair(src_tr, tgt_tr.images, src_te, tgt_te, k, tgt_tr.labels, names,
-                      cfg.normalize, cfg.image_size, cfg.test)
+                      cfg.normalize, image_size=cfg.image_size, test_protocol=cfg.test)

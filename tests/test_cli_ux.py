@@ -1,0 +1,97 @@
+"""A new user's first hour (issue 17, CLI parts): typos, --help, --version, no litter."""
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_helpers import da_train, small
+
+CONF = Path(__file__).resolve().parents[1] / "da_train" / "conf"
+
+
+@pytest.mark.parametrize("override,key,suggestion", [
+    ("+trainer.step=5", "trainer.step", "trainer.steps"),
+    ("trainer.step=5", "trainer.step", "trainer.steps"),
+    ("+data.source=/path/src", "data.source", "Did you mean data."),
+    ("++optim.lrr=0.1", "optim.lrr", "optim.lr"),
+])
+def test_unknown_key_is_rejected_with_or_without_plus(tmp_path, override, key, suggestion):
+    proc = da_train([override, "trainer.steps=2"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert key in proc.stderr and suggestion in proc.stderr
+    assert "append" not in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("da-train: error") == 1
+    assert not (tmp_path / "outputs").exists()  # rejected before Hydra made any folder
+
+
+def test_added_key_of_another_method_is_rejected_and_leaves_no_folder(tiny_root, tmp_path):
+    """method.kernel is a DDC key: `+method.kernel=linear` with DANN would be ignored."""
+    out = tmp_path / "run"
+    proc = da_train([*small(tiny_root, steps=2), "+method.kernel=linear",
+                     f"hydra.run.dir={out}"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "method.kernel" in proc.stderr and "append" not in proc.stderr
+    assert not out.exists()
+
+
+def test_hydra_keys_keep_working(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    proc = da_train([*small(tiny_root, steps=2), "trainer.embed_samples=0",
+                     f"hydra.run.dir={out}", "hydra.job.name=first_hour",
+                     "hydra.verbose=false"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "results.json").is_file() and not (out / "cli.log").exists()
+    assert (out / "first_hour.log").is_file()  # hydra.job.name names the job log
+
+
+def test_rejected_config_leaves_no_run_folder(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    proc = da_train([*small(tiny_root, steps=2), "method.lam=-1", f"hydra.run.dir={out}"],
+                    tmp_path)
+    assert proc.returncode == 2
+    assert "method.lam=-1" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+    from da_train.report import find_run_folders
+    assert find_run_folders([tmp_path]) == []
+
+
+def test_help_describes_commands_and_user_groups_only(tmp_path):
+    proc = da_train(["--help"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith("da-train trains and evaluates unsupervised domain adaptation")
+    assert "powered by Hydra" not in text
+    for command in ("run ", "sweep ", "resume ", "report ", "offline "):
+        assert f"\n{command}" in text
+    assert "hydra/launcher=joblib hydra.launcher.n_jobs=2" in text
+    assert "data.download=false" in text and "10,000 steps" in text
+    for hidden in ("method_schema", "schema:", "inject_nan_at"):
+        assert hidden not in text
+    # every choice a user can pick is listed (experiments by the pattern and examples)
+    for group in ("method", "data", "backbone", "optim"):
+        line = next(x for x in text.splitlines() if x.startswith(f"{group}:"))
+        assert {p.stem for p in (CONF / group).glob("*.yaml")} == \
+            {c.strip() for c in line.split(":", 1)[1].split(",")}, group
+    assert "experiment: <method>_<data>" in text
+
+
+def test_version_names_da_train_torch_and_hydra(tmp_path):
+    import hydra
+    import torch
+    proc = da_train(["--version"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("da-train 0.")
+    assert f"torch {torch.__version__}" in proc.stdout
+    assert f"hydra {hydra.__version__}" in proc.stdout
+
+
+def test_sweep_folders_lead_with_swept_keys(tiny_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = da_train(["-m", *small(tiny_root, steps=2, method="source_only"),
+                     "trainer.embed_samples=0", "seed=3,4", f"hydra.sweep.dir={sweep}"],
+                    tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert names == ["seed=3", "seed=4"]  # no constants such as data.download=False
+    results = json.loads((sweep / "seed=4" / "results.json").read_text())
+    assert "seed=4" in results["overrides"] and results["objective"]["name"] == "source_acc"
