@@ -1,0 +1,232 @@
+"""Composable target-side regularisers: terms any method's loss can be given on top.
+
+Selected with the ``reg`` config group, e.g. ``da-train method=dann 'reg=[entropy,vat]'`` or
+``method=cdan 'reg=[mcc]'``; each choice is a YAML file ``conf/reg/<name>.yaml`` placed at
+``reg.<name>``, with its own ``weight`` and ramp (override e.g. ``reg.vat.weight=0.1``).
+
+After each ``method.training_step`` of the update that trains the classifier, the trainer
+replaces ``out.loss`` with ``apply_regularizers(...)``'s loss (``out.loss`` plus the terms).
+The terms read the step's own predictions (``out.target_logits`` or the label head on
+``out.target_features``, ``out.source_logits``: no extra forward pass; the method's
+``predict_target`` / ``predict`` when a method returns neither) and, for VAT, the same
+functions on the batch's images. No target label is ever read.
+
+Weight of a term at training progress p in [0, 1): 0 before ``start``; then ``weight`` with
+``ramp: none``, or ``weight * (2 / (1 + exp(-gamma p)) - 1)`` with ``ramp: sigmoid`` (DANN's
+GRL ramp, as dann_ent used for its entropy term, so early, unaligned predictions are not made
+confident).
+
+| name | term | from |
+|---|---|---|
+| entropy | mean Shannon entropy of target predictions | Grandvalet & Bengio 2005; dann_ent |
+| vat | KL(p(x) || p(x + r_adv)) on target (and source) | Miyato et al. 2018; VADA |
+| mcc | minimum class confusion of target predictions | Jin et al., ECCV 2020 |
+| bnm | minus the batch nuclear norm of target predictions / B | Cui et al., CVPR 2020 |
+| pl | cross-entropy on confident target pseudo-labels | self-training; dann_pl |
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import ConfigError
+from .losses import mean_entropy, pseudo_label_loss, sigmoid_ramp
+from .losses.bnm import bnm_loss
+from .losses.mcc import mcc_loss
+from .losses.vat import vat_loss
+
+
+@dataclass
+class RegConfig:
+    """What every regulariser has: its final weight and how it gets there."""
+
+    weight: float = 1.0
+    ramp: str = "none"  # none | sigmoid
+    gamma: float = 10.0  # steepness of the sigmoid ramp
+    start: float = 0.0  # fraction of training before which the term is off
+
+
+@dataclass
+class EntropyConfig(RegConfig):
+    weight: float = 0.1
+    ramp: str = "sigmoid"
+
+
+@dataclass
+class VatConfig(RegConfig):
+    source_weight: float = 0.0  # VAT on the source batch too (VADA: 1.0)
+    eps: float = 3.5  # radius of the perturbation (L2 over the whole input)
+    xi: float = 1e-2  # probe distance of the power iteration
+    iterations: int = 1
+
+
+@dataclass
+class MccConfig(RegConfig):
+    temperature: float = 2.5
+
+
+@dataclass
+class PlConfig(RegConfig):
+    threshold: float = 0.95
+    start: float = 0.3
+
+
+def _entropy(cfg, ctx) -> tuple[torch.Tensor, dict]:
+    value = mean_entropy(ctx.target_logits())
+    return value, {"entropy": value.detach()}
+
+
+def _vat(cfg, ctx) -> tuple[torch.Tensor, dict]:
+    """Target VAT, plus source VAT weighted ``source_weight / weight`` (so that the term times
+    ``weight`` is VADA's ``tw L_t + sw L_s``; both follow the same ramp)."""
+    method, batch = ctx.method, ctx.batch
+    value = vat_loss(method.predict_target, batch.xt, ctx.target_logits(), cfg.eps, cfg.xi,
+                     cfg.iterations)
+    logs = {"loss_vat_target": value.detach()}
+    if cfg.source_weight > 0 and cfg.weight > 0:
+        loss_s = vat_loss(method.predict, batch.xs, ctx.source_logits(), cfg.eps, cfg.xi,
+                          cfg.iterations)
+        logs["loss_vat_source"] = loss_s.detach()
+        value = value + (cfg.source_weight / cfg.weight) * loss_s
+    return value, logs
+
+
+def _mcc(cfg, ctx) -> tuple[torch.Tensor, dict]:
+    value = mcc_loss(ctx.target_logits(), cfg.temperature)
+    return value, {"loss_mcc": value.detach()}
+
+
+def _bnm(cfg, ctx) -> tuple[torch.Tensor, dict]:
+    value = bnm_loss(ctx.target_logits())
+    return value, {"loss_bnm": value.detach()}
+
+
+def _pl(cfg, ctx) -> tuple[torch.Tensor, dict]:
+    value, share = pseudo_label_loss(ctx.target_logits(), cfg.threshold)
+    return value, {"loss_pl": value.detach(), "pl_share": share}
+
+
+#: name -> (schema, term function, log key of its current weight)
+REGULARIZERS = {
+    "entropy": (EntropyConfig, _entropy, "ent_weight"),
+    "vat": (VatConfig, _vat, "vat_weight"),
+    "mcc": (MccConfig, _mcc, "mcc_weight"),
+    "bnm": (RegConfig, _bnm, "bnm_weight"),
+    "pl": (PlConfig, _pl, "pl_weight"),
+}
+
+
+@dataclass
+class Regularizer:
+    name: str
+    cfg: object
+
+    def weight(self, progress: float) -> float:
+        """The term's weight at ``progress`` (a Python float: no host sync)."""
+        if progress < self.cfg.start:
+            return 0.0
+        if self.cfg.ramp == "sigmoid":
+            return sigmoid_ramp(progress, self.cfg.weight, self.cfg.gamma)
+        return self.cfg.weight
+
+    def term(self, ctx) -> tuple[torch.Tensor, dict]:
+        return REGULARIZERS[self.name][1](self.cfg, ctx)
+
+
+class _Context:
+    """The step's predictions, computed at most once and only if a term asks for them:
+    ``out.target_logits`` if the method returned them, else the label head on
+    ``out.target_features`` (what dann_ent computed), else ``method.predict_target(xt)``."""
+
+    def __init__(self, out, batch, method):
+        self.out, self.batch, self.method = out, batch, method
+        self._target = getattr(out, "target_logits", None)
+        self._source = getattr(out, "source_logits", None)
+
+    def target_logits(self) -> torch.Tensor:
+        if self._target is None:
+            features = getattr(self.out, "target_features", None)
+            self._target = (self.method.backbone.classifier(features) if features is not None
+                            else self.method.predict_target(self.batch.xt))
+        return self._target
+
+    def source_logits(self) -> torch.Tensor:
+        if self._source is None:
+            self._source = self.method.predict(self.batch.xs)
+        return self._source
+
+
+def _error(name: str, detail: str) -> ConfigError:
+    return ConfigError(
+        f"Invalid regulariser config reg.{name}: {detail}. Regularisers are chosen with "
+        f"'reg=[name,...]' (choices: {', '.join(REGULARIZERS)}) and tuned with "
+        f"reg.<name>.<key>=<value>, e.g. reg.{name}.weight=0.1.")
+
+
+def _check(name: str, cfg) -> None:
+    """Value rules the schema's types cannot express."""
+    if not (cfg.weight >= 0 and math.isfinite(cfg.weight)):
+        raise _error(name, f"weight={cfg.weight!r} must be a number >= 0")
+    if cfg.ramp not in ("none", "sigmoid"):
+        raise _error(name, f"ramp={cfg.ramp!r} must be none or sigmoid")
+    if not 0 <= cfg.start <= 1:
+        raise _error(name, f"start={cfg.start!r} must be a fraction of training in [0, 1]")
+    if cfg.gamma < 0:
+        raise _error(name, f"gamma={cfg.gamma!r} must be >= 0")
+    for key in ("eps", "xi", "temperature"):
+        if key in cfg and not cfg[key] > 0:
+            raise _error(name, f"{key}={cfg[key]!r} must be > 0")
+    if "iterations" in cfg and cfg.iterations < 1:
+        raise _error(name, f"iterations={cfg.iterations!r} must be >= 1")
+    if "source_weight" in cfg and cfg.source_weight < 0:
+        raise _error(name, f"source_weight={cfg.source_weight!r} must be >= 0")
+    if "threshold" in cfg and not 0 <= cfg.threshold <= 1:
+        raise _error(name, f"threshold={cfg.threshold!r} must be a probability in [0, 1]")
+
+
+def build_regularizers(reg_cfg) -> list[Regularizer]:
+    """The regularisers of the ``reg`` config node (name -> settings), in a fixed order (the
+    order of the table above, so ``reg=[vat,entropy]`` and ``reg=[entropy,vat]`` give the
+    same run). Unknown names, keys and bad values raise ConfigError."""
+    if not reg_cfg:
+        return []
+    unknown = [n for n in reg_cfg if n not in REGULARIZERS]
+    if unknown:
+        raise ConfigError(
+            f"Unknown regulariser {unknown[0]!r} in the reg config; choices: "
+            f"{', '.join(REGULARIZERS)}. Select regularisers with 'reg=[entropy,vat]'.")
+    regs = []
+    for name in REGULARIZERS:
+        if name not in reg_cfg:
+            continue
+        node = reg_cfg[name] if reg_cfg[name] is not None else {}
+        try:
+            cfg = OmegaConf.merge(OmegaConf.structured(REGULARIZERS[name][0]), node)
+        except OmegaConfBaseException as err:
+            raise _error(name, str(err).splitlines()[0]) from err
+        _check(name, cfg)
+        regs.append(Regularizer(name, cfg))
+    return regs
+
+
+def apply_regularizers(regs: list[Regularizer], out, batch, method,
+                       progress: float) -> tuple[torch.Tensor, dict]:
+    """The step's loss with the terms added, ``out.loss + w_1(p) term_1 + ...`` (added one by
+    one, in this order, so DANN + entropy computes exactly what dann_ent did), and their logs
+    (term values and weights; no host sync). ``(out.loss, {})`` when there are none. The
+    trainer back-propagates the first and logs the second with ``out.logs``."""
+    loss = out.loss
+    logs: dict = {}
+    ctx = _Context(out, batch, method)
+    for reg in regs:
+        weight = reg.weight(progress)
+        value, term_logs = reg.term(ctx)
+        loss = loss + weight * value
+        logs.update(term_logs)
+        logs[REGULARIZERS[reg.name][2]] = weight
+    return loss, logs
