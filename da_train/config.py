@@ -108,6 +108,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    # target regularisers by name (conf/reg/<name>.yaml; schemas in da_train/regularizers.py)
+    reg: dict[str, Any] = field(default_factory=dict)
 
 
 def register_schema() -> None:

@@ -25,11 +25,13 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from .collapse import CollapseDetector
 from .config import ConfigError, override_key
 from .data import DomainPair
 from .data.source_val import hold_out_source_val
 from .methods import Batch, Method, Phase, StepOutput
 from .optim import build_optimizer, build_scheduler
+from .regularizers import apply_regularizers, build_regularizers
 from .runtime import (
     SignalCatcher,
     atomic_torch_save,
@@ -56,6 +58,10 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf."""
+
+
+class CollapseError(NonFiniteLossError):
+    """The collapse detector fired with ``trainer.stop_on_collapse=true``."""
 
 
 class RunInterrupted(Exception):
@@ -110,6 +116,8 @@ class Trainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict = {}
         self.meter = Meter()
+        self.regs = build_regularizers(cfg.reg)
+        self.collapse = CollapseDetector(self.method)
         self.last_eval: dict[str, float] = {}
         self.last_selection: dict[str, float] = {}
         # rows: true target class, columns: predicted class (final, full evaluation only)
@@ -133,6 +141,7 @@ class Trainer:
                 for update in phase.updates:
                     out = self.optimise(update, batch, progress)
                     self.meter.add(self._loss_key(update), out, batch, self.step + 1)
+                    self.collapse.observe(out)
                 self.step += 1
                 bar.update(1)
 
@@ -142,6 +151,7 @@ class Trainer:
                 if evaluate or checkpoint or self.step % self.tcfg.log_every == 0:
                     record = self.meter.flush(self.run_dir / CHECKPOINT)  # the one host sync
                     record |= self.lr_record() | clock.rate(self.step)
+                    self.watch_collapse(record)
                     if evaluate:
                         self.last_eval = self.evaluate(full=done)
                         record |= {f"val/{k}": v for k, v in self.last_eval.items()}
@@ -198,6 +208,10 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.tcfg.amp and self.device.type == "cuda"):
             out = self.method.training_step(update, batch, progress)
+            if self.regs and update in self.method.regularized_updates:
+                out.loss, reg_logs = apply_regularizers(self.regs, out, batch, self.method,
+                                                        progress)
+                out.logs.update(reg_logs)
         if self.step + 1 == self.cfg.debug.inject_nan_at:
             out.loss = out.loss * float("nan")
         optimizer = self.optimizers[update]
@@ -206,6 +220,16 @@ class Trainer:
         optimizer.step()
         self.schedulers[update].step()
         return out
+
+    def watch_collapse(self, record: dict) -> None:
+        """Log the collapse detector's warning; stop like a NaN with stop_on_collapse."""
+        warning = self.collapse.check(self.step, record)
+        if warning is None:
+            return
+        log.warning(warning)
+        if self.tcfg.stop_on_collapse:
+            raise CollapseError(warning + f" Stopped (trainer.stop_on_collapse=true); the last "
+                                f"checkpoint is kept in {self.run_dir / CHECKPOINT}.")
 
     def _loss_key(self, update: str) -> str:
         return "loss" if len(self.optimizers) == 1 else f"loss_{update}"

@@ -89,7 +89,8 @@ def test_every_method_option_is_read_by_its_module(name):
 
 READERS = {  # schema -> (the files that read it, how they read a key)
     config.TrainerConfig: (["trainer.py", "cli.py"], r"(tcfg|trainer)\.{key}\b"),
-    config.OptimConfig: (["optim.py", "methods/adda.py"], r"settings\[\"{key}\"\]"),
+    config.OptimConfig: (["optim.py", "methods/adda.py"],
+                         r"settings(\[\"{key}\"\]|\.get\(\"{key}\")"),
     config.DebugConfig: (["trainer.py"], r"debug\.{key}\b"),
     config.Config: (["cli.py", "trainer.py"], r"cfg\.{key}\b"),
 }
@@ -104,3 +105,36 @@ def test_every_shared_config_key_is_read(schema):
         if schema is config.Config and key in nested:
             continue
         assert re.search(pattern.format(key=key), code), f"{schema.__name__}.{key} is never read"
+
+
+def _schemas_with_nested(schemas):
+    """Each schema and the nested dataclasses of its fields (e.g. data.source)."""
+    seen = []
+    for schema in schemas:
+        stack = [schema]
+        while stack:
+            cls = stack.pop()
+            if cls not in seen:
+                seen.append(cls)
+                stack += [f.default_factory().__class__ for f in dataclasses.fields(cls)
+                          if f.default_factory is not dataclasses.MISSING
+                          and dataclasses.is_dataclass(f.default_factory())]
+    return seen
+
+
+def test_every_data_and_backbone_key_is_read():
+    from da_train.data.schemas import SCHEMAS
+    from da_train.models import BACKBONE_SCHEMAS
+
+    read = r"(\.{key}\b|\[\"{key}\"\]|get\(\"{key}\")"
+    groups = {"data": (_schemas_with_nested(SCHEMAS.values()),
+                       list((PACKAGE / "data").glob("*.py")) + [PACKAGE / "trainer.py"], read),
+              # backbone options reach the network's constructor as keyword arguments
+              "backbone": (_schemas_with_nested(BACKBONE_SCHEMAS.values()),
+                           [PACKAGE / "models.py"], read + r"|\b{key}: \w+ = ")}
+    for group, (schemas, files, pattern) in groups.items():
+        code = "\n".join(f.read_text() for f in files if f.name != "schemas.py")
+        for schema in schemas:
+            for key in fields(schema):
+                assert re.search(pattern.format(key=key), code), \
+                    f"{group} schema {schema.__name__}.{key} is never read"

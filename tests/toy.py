@@ -51,7 +51,8 @@ def toy_config(method: str, steps=1500, lr=0.05, seed=0, **method_options):
                            {"method": OmegaConf.structured(METHODS[method].Config(name=method))})
     return OmegaConf.merge(base, {
         "seed": seed, "method": method_options,
-        "data": {"name": "moons"}, "backbone": {"name": "mlp"}, "optim": {"lr": lr},
+        "data": {"name": "moons", "source_val": 0.0}, "backbone": {"name": "mlp"},
+        "optim": {"lr": lr},
         "trainer": {"steps": steps, "batch_size": 64, "eval_every": steps, "log_every": 500,
                     "embed_samples": 0},
     })

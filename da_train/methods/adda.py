@@ -57,6 +57,8 @@ class ADDA(Method):
     """``trainer.steps`` is not used: the run lasts ``pretrain_steps + adapt_steps``."""
 
     Config = AddaConfig
+    # pre-training and the target encoder's update; never the discriminator's
+    regularized_updates = ("model", "encoder")
 
     def __init__(self, cfg, backbone):
         super().__init__(cfg, backbone)

@@ -71,6 +71,8 @@ class Method(nn.Module):
     Config = MethodConfig
     #: True only for oracles trained with target labels (they are marked as such in results).
     needs_target_labels = False
+    #: The updates that target regularisers (``reg=[...]``) are added to.
+    regularized_updates: tuple[str, ...] = ("model",)
 
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__()
