@@ -138,3 +138,19 @@ def test_every_data_and_backbone_key_is_read():
             for key in fields(schema):
                 assert re.search(pattern.format(key=key), code), \
                     f"{group} schema {schema.__name__}.{key} is never read"
+
+
+def test_presets_state_only_what_differs_from_the_defaults():
+    import yaml
+    from omegaconf import OmegaConf
+    from toy import compose_config
+
+    from da_train.runtime import flatten
+
+    for path in sorted((PACKAGE / "conf" / "experiment").glob("*.yaml")):
+        preset = yaml.safe_load(path.read_text())
+        choices = [f"{k.split('/')[-1]}={v}" for d in preset.pop("defaults") for k, v in d.items()
+                   if not isinstance(v, list)]
+        base = flatten(OmegaConf.to_container(compose_config(choices), resolve=True))
+        for key, value in flatten(preset).items():
+            assert base.get(key) != value, f"{path.name}: {key}={value} is already the default"
