@@ -57,7 +57,8 @@ LEGEND = (
     "Accuracies are mean ± sample std (ddof=1) over seeds, measured at the final training "
     "step: no model selection or early stopping on target labels. A row with one seed shows "
     "no ± (its std is 0.0 in the CSV, not an estimate). `variant` lists the overrides that "
-    "distinguish the row besides method, data and seed. Rows marked (oracle) are trained "
+    "distinguish the row besides method, data and seed. Rows marked (oracle) are trained or "
+    "selected (hyper-parameter search with objective=target_acc) "
     "with target labels: they are upper bounds, not UDA results. `wall s` is the mean "
     "wall-clock time per run."
 )
@@ -187,7 +188,8 @@ def _completed_run(folder: Path, results: dict) -> dict:
         "steps": steps if _is_number(steps) else None,
         "wall_time_s": float(wall) if _is_number(wall) else None,
         "device_name": results.get("device_name") or results.get("device"),
-        "oracle": results.get("oracle") is True,
+        # trained with target labels, or chosen by them (objective=target_acc in a sweep)
+        "oracle": results.get("oracle") is True or results.get("oracle_selection") is True,
         "class_acc": class_accuracies(results.get("target_confusion")),
         "selection": _numbers(results.get("selection")),
         "proxy_a_distance": (float(results["proxy_a_distance"])

@@ -48,8 +48,22 @@ def test_state_dict_resumes_the_exact_sequence():
     assert torch.equal(draw(resumed, 30), expected)
 
 
-def test_samples_indices_not_labels():
-    # The sampler only ever sees the dataset size: it has no way to read labels.
+def test_the_sampler_cannot_read_labels():
+    """Its inputs are a size, a batch size, a device and seeds (no data, no labels), its state
+    is five integers, and the trainer draws the same batches whatever the target labels."""
+    import inspect
+
+    from toy import moons_pair, toy_config, toy_trainer
+
+    assert list(inspect.signature(EpochSampler).parameters) == [
+        "n", "batch_size", "device", "seed", "stream"]
     sampler = EpochSampler(20, 4, "cpu", seed=0)
-    idx = sampler()
-    assert idx.dtype == torch.long and idx.min() >= 0 and idx.max() < 20
+    assert all(isinstance(v, int) for v in sampler.state_dict().values())
+    draws = []
+    for flip in (False, True):
+        pair = moons_pair()
+        pair.target_train_labels = torch.randint(0, 2, (600,), generator=torch.Generator()
+                                                 .manual_seed(int(flip)))
+        trainer = toy_trainer(toy_config("target_only", steps=5), "unused", pair)
+        draws.append(torch.cat([trainer.target_sampler() for _ in range(5)]))
+    assert torch.equal(draws[0], draws[1])

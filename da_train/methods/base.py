@@ -103,6 +103,14 @@ class Method(nn.Module):
         """Loss of ``update`` for one batch; ``progress`` in [0, 1) runs over the phase."""
         raise NotImplementedError
 
+    def joint_forward(self, batch: Batch):
+        """(features, source logits, target logits) of source and target in ONE pass, so a
+        backbone with BatchNorm normalises both domains with shared statistics."""
+        feats = self.backbone.features(torch.cat([batch.xs, batch.xt]))
+        logits = self.backbone.classifier(feats)
+        n = len(batch.xs)
+        return feats, logits[:n], logits[n:]
+
     # ------------------------------------------------------------------ inference
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits for ``x`` (used for source and target evaluation)."""

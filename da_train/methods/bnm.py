@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
 from ..config import NONNEG, MethodConfig
@@ -33,14 +32,11 @@ class BNM(Method):
     Config = BnmConfig
 
     def training_step(self, update, batch, progress):
-        xs = batch.xs
-        feats = self.backbone.features(torch.cat([xs, batch.xt]))
-        logits = self.backbone.classifier(feats)
-        source_logits, target_logits = logits[: len(xs)], logits[len(xs):]
+        feats, source_logits, target_logits = self.joint_forward(batch)
         loss_cls = F.cross_entropy(source_logits, batch.ys)
         loss_bnm = bnm_loss(target_logits)
         return StepOutput(loss_cls + self.cfg.weight * loss_bnm, {
             "loss_cls": loss_cls.detach(), "loss_transfer": loss_bnm.detach(),
             "feature_norm": feats.detach().norm(dim=1).mean()},
             source_logits=source_logits, target_logits=target_logits,
-            target_features=feats[len(xs):])
+            target_features=feats[len(batch.xs):])

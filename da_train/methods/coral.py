@@ -42,17 +42,16 @@ class CORAL(Method):
     Config = CoralConfig
 
     def training_step(self, update, batch, progress):
-        xs = batch.xs
-        feats = self.backbone.features(torch.cat([xs, batch.xt]))
-        logits = self.backbone.classifier(feats)
-        source_logits = logits[: len(xs)]
+        feats, source_logits, target_logits = self.joint_forward(batch)
         loss_cls = F.cross_entropy(source_logits, batch.ys)
-        aligned = logits if self.cfg.layer == "logits" else feats
-        loss_coral = coral_loss(aligned[: len(xs)], aligned[len(xs):], self.cfg.log_euclidean)
+        n = len(batch.xs)
+        aligned = torch.cat([source_logits, target_logits]) if self.cfg.layer == "logits" \
+            else feats
+        loss_coral = coral_loss(aligned[:n], aligned[n:], self.cfg.log_euclidean)
         lam = (sigmoid_ramp(progress, self.cfg.lam, self.cfg.gamma) if self.cfg.ramp
                else self.cfg.lam)
         return StepOutput(loss_cls + lam * loss_coral, {
             "loss_cls": loss_cls.detach(), "loss_transfer": loss_coral.detach(), "lam": lam,
             "feature_norm": feats.detach().norm(dim=1).mean()},
-            source_logits=source_logits, target_logits=logits[len(xs):],
-            target_features=feats[len(xs):])
+            source_logits=source_logits, target_logits=target_logits,
+            target_features=feats[n:])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
 from ..config import NONNEG, POSITIVE, MethodConfig
@@ -37,14 +36,11 @@ class MCC(Method):
     Config = MccConfig
 
     def training_step(self, update, batch, progress):
-        xs = batch.xs
-        feats = self.backbone.features(torch.cat([xs, batch.xt]))
-        logits = self.backbone.classifier(feats)
-        source_logits, target_logits = logits[: len(xs)], logits[len(xs):]
+        feats, source_logits, target_logits = self.joint_forward(batch)
         loss_cls = F.cross_entropy(source_logits, batch.ys)
         loss_mcc = mcc_loss(target_logits, self.cfg.temperature)
         return StepOutput(loss_cls + self.cfg.weight * loss_mcc, {
             "loss_cls": loss_cls.detach(), "loss_transfer": loss_mcc.detach(),
             "feature_norm": feats.detach().norm(dim=1).mean()},
             source_logits=source_logits, target_logits=target_logits,
-            target_features=feats[len(xs):])
+            target_features=feats[len(batch.xs):])
