@@ -10,6 +10,22 @@ import pytest
 from PIL import Image
 
 
+def _share_cores_between_xdist_workers() -> None:
+    """Under ``pytest -n N`` each worker gets cores / N torch threads, and so do the da-train
+    processes it starts (through ``OMP_NUM_THREADS``): N workers with the default thread count
+    each would oversubscribe the cores and run slower than one. A cap set by the user wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and not os.environ.get("OMP_NUM_THREADS"):
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_cores_between_xdist_workers()
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
     path.write_bytes(header + array.astype(np.uint8).tobytes())
