@@ -220,11 +220,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
 
 
 def _record_failure(run_dir: Path, err: BaseException, discard: bool = False) -> None:
-    """Write status.json = failed; with ``discard``, a folder in which nothing started
-    (only Hydra's .hydra/ and log) is removed instead, so da-report has nothing to list."""
+    """Write status.json = failed; with ``discard`` (a single run, not a sweep job), a folder
+    in which nothing started (only Hydra's .hydra/ and log) is removed instead when the
+    error is the user's config or missing data: the message on stderr says it all, and
+    da-report has no failed run to list after the user fixed it. A sweep keeps the record,
+    so its summary and da-report name the failed job."""
     fresh = run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log"
                                      for p in run_dir.iterdir())
-    if discard and isinstance(err, ConfigError) and fresh:
+    if discard and isinstance(err, (ConfigError, DataError)) and fresh:
         shutil.rmtree(run_dir)
         return
     if (run_dir / "status.json").is_file() and isinstance(err, ConfigError) \

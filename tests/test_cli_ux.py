@@ -55,6 +55,14 @@ def test_rejected_config_leaves_no_run_folder(tiny_root, tmp_path):
     assert find_run_folders([tmp_path]) == []
 
 
+def test_missing_data_leaves_no_run_folder(tmp_path):
+    out = tmp_path / "run"
+    proc = da_train(["data=mnist01_23", f"data.root={tmp_path / 'empty'}",
+                     "data.download=false", f"hydra.run.dir={out}"], tmp_path)
+    assert proc.returncode == 2 and "train-images-idx3-ubyte" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
 def test_help_describes_commands_and_user_groups_only(tmp_path):
     proc = da_train(["--help"], tmp_path)
     assert proc.returncode == 0, proc.stderr

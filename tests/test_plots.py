@@ -108,6 +108,17 @@ def test_save_embeddings_format_and_cap(tmp_path):
     assert data["first_source"].shape == (1000, 4) and data["first_source"].dtype == np.float32
     assert data["first_source_labels"].tolist() == list(range(1000))
     assert data["last_target"].shape == (10, 4)
+    wide = plots.save_embeddings(
+        tmp_path / "w.npz", first_source=torch.randn(30, 80), first_target=torch.randn(20, 80),
+        first_source_labels=torch.arange(30), first_target_labels=torch.arange(20),
+        last_source=torch.randn(30, 80), last_target=torch.randn(20, 80),
+        last_source_labels=torch.arange(30), last_target_labels=torch.arange(20), dims=5)
+    data = plots.load_embeddings(wide)
+    assert data["first_source"].shape == (30, 5) and data["last_target"].shape == (20, 5)
+    joint = np.concatenate([data["first_source"], data["first_target"]])
+    np.testing.assert_allclose(joint.mean(axis=0), 0, atol=1e-4)  # centred jointly
+    variances = joint.var(axis=0)
+    assert (np.diff(variances) <= 1e-5).all()  # principal axes, largest variance first
     np.savez(tmp_path / "bad.npz", first_source=np.zeros((2, 2)))
     with pytest.raises(ValueError, match="last_target_labels"):
         plots.load_embeddings(tmp_path / "bad.npz")
