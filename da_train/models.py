@@ -61,7 +61,7 @@ class DannDigitsBN(DannDigits):
     the label head's ReLUs die (the collapse in docs/results-notes.md); BatchNorm keeps the
     feature scale fixed, which is why many DANN re-implementations add it. Measured here, it
     did not help: on MNIST -> MNIST-M, DANN on it learned the target more slowly than on the
-    plain network in a one-seed pilot (docs/results-notes.md), so no preset uses it. BatchNorm
+    plain network in a one-seed pilot (docs/results-absdiff.md), so no preset uses it. BatchNorm
     sits only in the feature extractor, which DANN-style methods run once over the joint
     source + target batch, so both domains share its statistics (no hidden AdaBN); the label
     head has none, because methods call it on source and target features separately.

@@ -3,23 +3,28 @@
 # Usage: DA_DATA_ROOT=<data folder> bash scripts/reproduce.sh [pair ...]
 # The built MNIST-M is cached in ./data (data.cache_root), so a read-only DA_DATA_ROOT works
 # and only the first run builds it.
-#   pair: mnist01_23, mnist_mnistm, mnist_usps, usps_mnist (default: all four). SEEDS=0,1 changes the seeds; extra
-#   da-train overrides can be passed in DA_TRAIN_ARGS (e.g. DA_TRAIN_ARGS="trainer.device=cuda").
-# Output: outputs/reproduce/<pair>/ (run folders), docs/results.md and docs/results.csv.
+#   pair: mnist01_23, mnist_mnistm, mnist_usps, usps_mnist (default: all four). SEEDS=0,1 changes the seeds;
+#   METHODS="source_only dann" runs only those methods' presets (default: every preset of the pair);
+#   OUT=<folder> changes the output folder (default outputs/reproduce); extra da-train overrides
+#   can be passed in DA_TRAIN_ARGS (e.g. DA_TRAIN_ARGS="trainer.device=cuda").
+# Output: $OUT/<pair>/<preset>/ (run folders), docs/results.md and docs/results.csv.
 # Rerunning continues: finished jobs of a sweep folder are skipped, interrupted ones resume.
 set -euo pipefail
 pairs=("${@:-mnist01_23 mnist_mnistm mnist_usps usps_mnist}")
 read -r -a pairs <<< "${pairs[*]}"
 seeds=${SEEDS:-0,1,2}
+out=${OUT:-outputs/reproduce}
+wanted() { [ -z "${METHODS:-}" ] || [[ " ${METHODS} " == *" $1 "* ]]; }
 
 for pair in "${pairs[@]}"; do
   for preset in da_train/conf/experiment/*_"${pair}".yaml; do
     name=$(basename "${preset}" .yaml)
     method=${name%_"${pair}"}
+    wanted "${method}" || continue
     cache=(); [ "${pair}" = mnist_mnistm ] && cache=(data.cache_root=data)
     # shellcheck disable=SC2086
     da-train -m "experiment=${name}" "method=${method}" "seed=${seeds}" data.download=false "${cache[@]}" \
-      "hydra.sweep.dir=outputs/reproduce/${pair}/${name}" ${DA_TRAIN_ARGS:-} \
+      "hydra.sweep.dir=${out}/${pair}/${name}" ${DA_TRAIN_ARGS:-} \
       || echo "reproduce.sh: some runs of ${name} failed (listed by da-report)" >&2
   done
 done
@@ -34,12 +39,12 @@ variants=(
 if [ "${VARIANTS:-1}" != 0 ]; then
   for variant in "${variants[@]}"; do
     read -r pair name suffix overrides <<< "${variant}"
-    [[ " ${pairs[*]} " == *" ${pair} "* ]] || continue
+    [[ " ${pairs[*]} " == *" ${pair} "* ]] && wanted "${name%_"${pair}"}" || continue
     # shellcheck disable=SC2086
     da-train -m "experiment=${name}" "method=${name%_"${pair}"}" "seed=${seeds}" ${overrides} \
-      data.download=false data.cache_root=data "hydra.sweep.dir=outputs/reproduce/${pair}/${name}_${suffix}" \
+      data.download=false data.cache_root=data "hydra.sweep.dir=${out}/${pair}/${name}_${suffix}" \
       ${DA_TRAIN_ARGS:-} || echo "reproduce.sh: some runs of ${name} ${overrides} failed" >&2
   done
 fi
-da-report outputs/reproduce --md docs/results.md --csv docs/results.csv --notes docs/results-notes.md \
+da-report "${out}" --md docs/results.md --csv docs/results.csv --notes docs/results-notes.md \
   --title "da-train results (3 seeds, final step)"

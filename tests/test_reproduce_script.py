@@ -55,3 +55,15 @@ def test_mnistm_runs_cache_the_built_dataset_and_include_the_variant_rows(comman
            "trainer.steps=20000" in variant[0]
     assert not [line for line in commands("mnist_mnistm", VARIANTS="0")
                 if "data.normalize=instance" in line]
+
+
+def test_methods_and_out_choose_the_presets_and_the_folder(commands):
+    lines = commands("usps_mnist", "mnist_usps", METHODS="source_only dann", OUT="outputs/results")
+    runs = [line for line in lines if line.startswith("da-train")]
+    assert sorted(r.split()[2] for r in runs) == [
+        "experiment=dann_mnist_usps", "experiment=dann_usps_mnist",
+        "experiment=source_only_mnist_usps", "experiment=source_only_usps_mnist"]
+    assert "hydra.sweep.dir=outputs/results/usps_mnist/dann_usps_mnist" in " ".join(runs)
+    assert lines[-1].startswith("da-report outputs/results --md docs/results.md")
+    mnistm = [line for line in commands("mnist_mnistm", METHODS="adda") if line.startswith("da-train")]
+    assert len(mnistm) == 1 and "experiment=adda_mnist_mnistm" in mnistm[0]
