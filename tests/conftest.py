@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny but well-formed data root written by the tests themselves."""
 
 import bz2
+import io
 import os
 import struct
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,17 @@ def _share_cores_between_xdist_workers() -> None:
 
 
 _share_cores_between_xdist_workers()
+
+
+def tar_gz(members: dict[str, bytes]) -> bytes:
+    """A .tar.gz archive in memory holding ``members`` (name -> bytes)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

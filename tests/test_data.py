@@ -2,14 +2,13 @@ import gzip
 import hashlib
 import io
 import os
-import tarfile
 import urllib.error
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx
+from conftest import tar_gz, write_idx
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -360,16 +359,6 @@ def _fake_bsds(monkeypatch, payload):
     monkeypatch.setattr("da_train.data.download.fetch_url", fake)
 
 
-def _tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _jpeg() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8)).save(buf, format="JPEG")
@@ -382,7 +371,7 @@ def test_bsds_download_unpacks_only_training_photos(tmp_path, monkeypatch):
     members["BSR/BSDS500/data/images/test/x.jpg"] = photo
     sums = {f"{i}.jpg": hashlib.sha256(photo).hexdigest() for i in range(BSDS_TRAIN_COUNT)}
     monkeypatch.setattr("da_train.data.bsds.train_checksums", lambda: sums)
-    _fake_bsds(monkeypatch, _tar(members))
+    _fake_bsds(monkeypatch, tar_gz(members))
     photos = load_bsds_train(tmp_path, download=True)
     assert len(photos) == BSDS_TRAIN_COUNT and photos[0].shape == (40, 40, 3)
     assert sorted(os.listdir(tmp_path / "BSDS500")) == ["train"]  # no leftovers
@@ -396,7 +385,7 @@ def test_bsds_download_rejects_unreadable_archive(tmp_path, monkeypatch):
 
 
 def test_bsds_download_rejects_wrong_archive(tmp_path, monkeypatch):
-    _fake_bsds(monkeypatch, _tar({"BSR/other/1.jpg": _jpeg()}))
+    _fake_bsds(monkeypatch, tar_gz({"BSR/other/1.jpg": _jpeg()}))
     with pytest.raises(DataError, match=r"holds 0 JPEGs under BSR/BSDS500/data/images/train/, "
                                         r"expected 200"):
         load_bsds_train(tmp_path, download=True)

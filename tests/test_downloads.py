@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import io
 import socket
-import tarfile
 import threading
 import urllib.error
 from functools import partial
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import da_train
-from conftest import write_idx
+from conftest import tar_gz, write_idx
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -220,13 +219,7 @@ def test_bsds_archive_photo_with_wrong_sha256_comes_from_github(server, tmp_path
     photos = _photos(4)
     members = {f"{bsds_module.BSDS_TRAIN_MEMBER}{n}": d for n, d in photos.items()}
     members[f"{bsds_module.BSDS_TRAIN_MEMBER}1002.jpg"] = b"re-encoded"
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    (served / "BSR_bsds500.tgz").write_bytes(buf.getvalue())
+    (served / "BSR_bsds500.tgz").write_bytes(tar_gz(members))
     _serve_bsds(monkeypatch, served, base, base + "BSR_bsds500.tgz", photos)
     monkeypatch.setattr(bsds_module, "BSDS_TRAIN_COUNT", 4)
     load_bsds_train(tmp_path, download=True)

@@ -65,5 +65,6 @@ def test_methods_and_out_choose_the_presets_and_the_folder(commands):
         "experiment=source_only_mnist_usps", "experiment=source_only_usps_mnist"]
     assert "hydra.sweep.dir=outputs/results/usps_mnist/dann_usps_mnist" in " ".join(runs)
     assert lines[-1].startswith("da-report outputs/results --md docs/results.md")
-    mnistm = [line for line in commands("mnist_mnistm", METHODS="adda") if line.startswith("da-train")]
+    mnistm = [line for line in commands("mnist_mnistm", METHODS="adda")
+              if line.startswith("da-train")]
     assert len(mnistm) == 1 and "experiment=adda_mnist_mnistm" in mnistm[0]

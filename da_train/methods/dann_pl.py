@@ -16,8 +16,8 @@ pseudo-labels is measured on the target *test* split and logged as ``val/pseudo_
 
 Measured: on MNIST -> MNIST-M it did not beat ``dann_ent`` in our one-seed pilots (the
 model's confident target predictions were barely more accurate than the rest, so the
-pseudo-labels mostly repeat its mistakes); see docs/results-absdiff.md ("What was tried"). It is kept as a
-documented, tested building block, not as a recommended preset.
+pseudo-labels mostly repeat its mistakes); see docs/results-absdiff.md ("What was tried").
+It is kept as a documented, tested building block, not as a recommended preset.
 """
 
 from __future__ import annotations
