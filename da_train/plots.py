@@ -242,9 +242,7 @@ def project_2d(features: np.ndarray, method: str = "tsne", seed: int = 0):
             perplexity = float(max(2.0, min(30.0, (len(x) - 1) / 3.0)))
             return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
                 x), "t-SNE"
-    centred = x - x.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:2].T, "PCA"
+    return _principal_components(x, 2), "PCA"
 
 
 def embeddings_figure(data: dict, method: str = "tsne", title: str = "Features"):
