@@ -147,7 +147,9 @@ class Trainer:
 
                 done = self.step == self.total_steps
                 evaluate = done or self.step % self.eval_every == 0 or self.phase_ends()
-                checkpoint = done or self.step % self.tcfg.ckpt_every == 0 or signals.signum
+                stop = bool(signals.signum) and not done  # read once: a signal arriving
+                # later in this step is handled at the next, after its checkpoint
+                checkpoint = done or self.step % self.tcfg.ckpt_every == 0 or stop
                 if evaluate or checkpoint or self.step % self.tcfg.log_every == 0:
                     record = self.meter.flush(self.run_dir / CHECKPOINT)  # the one host sync
                     record |= self.lr_record() | clock.rate(self.step)
@@ -163,7 +165,7 @@ class Trainer:
                     self.save_checkpoint()
                 if evaluate or checkpoint:
                     clock.restart(self.step)  # throughput excludes evaluation and saving
-                if signals.signum and not done:
+                if stop:
                     bar.close()
                     writer.close()
                     self._status("interrupted", signal=signals.name)
