@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import ConfigError
-from .losses import mean_entropy, pseudo_label_loss, sigmoid_ramp
+from .losses import mean_entropy, pseudo_label_loss, pseudo_label_quality, sigmoid_ramp
 from .losses.bnm import bnm_loss
 from .losses.mcc import mcc_loss
 from .losses.vat import vat_loss
@@ -118,6 +118,15 @@ REGULARIZERS = {
     "mcc": (MccConfig, _mcc, "mcc_weight"),
     "bnm": (RegConfig, _bnm, "bnm_weight"),
     "pl": (PlConfig, _pl, "pl_weight"),
+}
+
+
+#: name -> extra target metrics at each evaluation (logged under ``val/``, never used for
+#: training or selection): the pseudo-label term reports how often its confident target
+#: predictions are right (``pseudo_label_acc``) and how many there are (``pseudo_label_share``),
+#: as ``method=dann_pl`` and ``self_training`` do.
+EVAL_METRICS = {
+    "pl": lambda cfg, logits, labels: pseudo_label_quality(logits, labels, cfg.threshold),
 }
 
 
@@ -230,3 +239,13 @@ def apply_regularizers(regs: list[Regularizer], out, batch, method,
         logs.update(term_logs)
         logs[REGULARIZERS[reg.name][2]] = weight
     return loss, logs
+
+
+def regularizer_eval_metrics(regs: list[Regularizer], target_logits: torch.Tensor,
+                             target_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The regularisers' extra evaluation metrics (``EVAL_METRICS``), merged; {} if none."""
+    metrics: dict = {}
+    for reg in regs:
+        if reg.name in EVAL_METRICS:
+            metrics.update(EVAL_METRICS[reg.name](reg.cfg, target_logits, target_labels))
+    return metrics

@@ -31,7 +31,7 @@ from .data import DomainPair
 from .data.source_val import hold_out_source_val
 from .methods import Batch, Method, Phase, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .regularizers import apply_regularizers, build_regularizers
+from .regularizers import apply_regularizers, build_regularizers, regularizer_eval_metrics
 from .runtime import (
     SignalCatcher,
     atomic_torch_save,
@@ -287,6 +287,7 @@ class Trainer:
             "source_acc": (src_logits.argmax(1) == src.labels[:n]).float().mean(),
             "target_acc": (tgt_pred == tgt.labels[:n]).float().mean(),
             **self.method.eval_metrics(tgt_logits, tgt.labels[:n]),
+            **regularizer_eval_metrics(self.regs, tgt_logits, tgt.labels[:n]),
         }
         if full:
             self.target_confusion = confusion_matrix(tgt_pred, tgt.labels, tgt_logits.shape[1])
