@@ -356,27 +356,33 @@ def write_figures(completed: list[dict], out_dir, embed_method: str = "tsne") ->
     configuration, for its first seed: ``confusion_<data>_<config>.png`` and, when the run
     saved embeddings.npz, ``features_<data>_<config>.png``.
     """
+    from .report import short_labels
+
     require_matplotlib()
     out_dir = Path(out_dir)
-    groups: dict[str, dict[str, list[dict]]] = {}
+    by_data: dict[str, dict[tuple[str, str], list[dict]]] = {}
     for run in completed:
-        label = run["method"] + (f" [{run['variant']}]" if run["variant"] else "")
-        groups.setdefault(run["data"], {}).setdefault(label, []).append(run)
+        key = (run["method"], run["variant"])
+        by_data.setdefault(run["data"], {}).setdefault(key, []).append(run)
     written = []
-    for data, configs in sorted(groups.items()):
+    for data, by_key in sorted(by_data.items()):
+        labels, shared = short_labels(by_key)   # legends name what differs, titles the rest
+        configs = {labels[key]: runs for key, runs in by_key.items()}
+        where = data + (f" ({shared})" if shared else "")
         folders = {label: [r["folder"] for r in runs] for label, runs in configs.items()}
         if any(read_curves(f) for fs in folders.values() for f in fs):
-            fig, _ = curves_figure(folders, f"{data}: test accuracy over training")
+            fig, _ = curves_figure(folders, f"{where}: test accuracy over training")
             written.append(save_png(fig, out_dir / f"curves_{_slug(data)}.png"))
         for label, runs in configs.items():
-            written += _run_pngs(runs[0], data, label, out_dir, embed_method)
+            written += _run_pngs(runs[0], data, label, where, out_dir, embed_method)
     return written
 
 
-def _run_pngs(run: dict, data: str, label: str, out_dir: Path, embed_method: str):
+def _run_pngs(run: dict, data: str, label: str, context: str, out_dir: Path,
+              embed_method: str):
     """Confusion and feature figures of one run, if it recorded their inputs."""
     results, name, written = _results(run["folder"]), _slug(f"{data}_{label}"), []
-    where = f"{data}, {label}, seed {run['seed']}"
+    where = f"{label}, seed {run['seed']}\n{context}"
     if results.get("target_confusion"):
         fig, _ = confusion_figure(results["target_confusion"], results.get("class_names"),
                                   f"Target confusion: {where}")

@@ -156,6 +156,22 @@ def variant_of(overrides: list[str]) -> str:
     return " ".join(sorted(o for o in overrides if not is_bookkeeping(o)))
 
 
+def short_labels(keys) -> tuple[dict[tuple[str, str], str], str]:
+    """Labels that tell ``(method, variant)`` configurations apart without repeating what
+    they all share: the method plus the overrides not common to every key (e.g.
+    ``dann [method.lam=0.3]`` in a lambda sweep), and the common overrides, once, for a
+    caption. Why: a sweep's variants repeat the same preset and step count in every row and
+    legend entry, which buries the one key that differs."""
+    keys = list(keys)
+    tokens = {key: set(key[1].split()) for key in keys}
+    common = set.intersection(*tokens.values()) if keys else set()
+    labels = {}
+    for key in keys:
+        rest = " ".join(sorted(tokens[key] - common))
+        labels[key] = key[0] + (f" [{rest}]" if rest else "")
+    return labels, " ".join(sorted(common))
+
+
 def _is_number(value) -> bool:
     """JSON numbers only: a bool or a string must not slip into a mean."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
@@ -497,9 +513,9 @@ def selection_scopes(completed) -> list[tuple[str, str, list[dict]]]:
         for method in methods:
             mine = [c for c in configs if c["method"] == method]
             if len(mine) > 1:
-                scopes.append((data, method, mine))
+                scopes.append((data, method, _labelled(mine)))
         if len(methods) > 1:
-            scopes.append((data, "all methods", configs))
+            scopes.append((data, "all methods", _labelled(configs)))
     return scopes
 
 
@@ -508,9 +524,16 @@ def _config(method: str, variant: str, runs: list[dict]) -> dict:
     names = sorted({n for r in runs for n in r["selection"]})
     scores = {n: statistics.fmean(r["selection"][n] for r in runs if n in r["selection"])
               for n in names if all(n in r["selection"] for r in runs)}
-    label = method + (f" [{variant}]" if variant else "")
-    return {"method": method, "label": label, "seeds": len(runs), "scores": scores,
+    return {"method": method, "variant": variant, "seeds": len(runs), "scores": scores,
             "target_acc": statistics.fmean(r["target_acc"] for r in runs)}
+
+
+def _labelled(configs: list[dict]) -> list[dict]:
+    """Copies of a scope's configurations with ``label`` (what tells them apart, see
+    :func:`short_labels`) and ``shared`` (the overrides all of them have)."""
+    labels, shared = short_labels((c["method"], c["variant"]) for c in configs)
+    return [{**c, "label": labels[(c["method"], c["variant"])], "shared": shared}
+            for c in configs]
 
 
 def _spearman(scores: list[float], accs: list[float]) -> float | None:
@@ -558,7 +581,11 @@ def selection_section(completed) -> list[str]:
     lines += ["| data | scope | validator | better | picked | target acc | vs oracle "
               "| vs median | rank corr | configs |",
               "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    shared_lines = []
     for data, scope, configs in scopes:
+        if configs[0]["shared"]:
+            shared_lines.append(f"- {data} / {scope}: every configuration has "
+                                f"`{configs[0]['shared']}`")
         for row in selection_rows(configs, DIRECTIONS):
             cells = [data, scope, row["validator"],
                      "higher" if row["direction"] == "max" else "lower",
@@ -566,6 +593,9 @@ def selection_section(completed) -> list[str]:
                      f"{row['vs_oracle']:+.4f}", f"{row['vs_median']:+.4f}",
                      _fmt(row["rho"], "+.2f"), row["n"]]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    if shared_lines:
+        lines += ["", "`picked` names only what differs within the scope; the rest is shared:",
+                  *shared_lines]
     return lines + [""]
 
 

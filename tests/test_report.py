@@ -422,3 +422,27 @@ def test_plots_without_matplotlib_is_one_clear_error(outputs, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.startswith("da-report: error: figures need matplotlib")
     assert 'pip install "da-train[plots]"' in err and err.count("\n") == 1
+
+
+def test_short_labels_name_what_differs_and_state_the_rest_once():
+    from da_train.report import short_labels
+
+    keys = [("dann", "experiment=p method.lam=0.1 trainer.steps=2000"),
+            ("dann", "experiment=p method.lam=1 trainer.steps=2000"),
+            ("ddc", "experiment=p trainer.steps=2000")]
+    labels, shared = short_labels(keys)
+    assert shared == "experiment=p trainer.steps=2000"
+    assert [labels[k] for k in keys] == ["dann [method.lam=0.1]", "dann [method.lam=1]", "ddc"]
+    assert short_labels([("dann", "")]) == ({("dann", ""): "dann"}, "")
+
+
+def test_selection_table_names_the_swept_key_and_lists_the_shared_ones(tmp_path, capsys):
+    for i, lam in enumerate((0.1, 1.0)):
+        make_run(tmp_path / str(i), method="dann", data="mnist_usps", target=0.7 + lam / 10,
+                 extra=["experiment=dann_mnist_usps", "trainer.steps=2000",
+                        f"method.lam={lam}"], selection={"im": lam})
+    assert main([str(tmp_path), "--selection"]) == 0
+    out = capsys.readouterr().out
+    assert selection_table(out)[("dann", "im")][4] == "dann [method.lam=1.0]"
+    assert ("- mnist_usps / dann: every configuration has "
+            "`experiment=dann_mnist_usps trainer.steps=2000`") in out
