@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from da_train.runtime import keep_freed_memory
 
 
 def parse_args(argv=None):
@@ -42,9 +45,10 @@ def parse_args(argv=None):
     p.add_argument("--cache-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (usual, 2)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads of the main process (1, as OMP_NUM_THREADS=1 here: on a "
-                        "shared 2-core machine more threads stall in OpenMP barriers)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads of the main process (0: one per CPU core, as da-train "
+                        "uses for a single run and as the usual pipeline's workers use them "
+                        "all; on a machine shared with other jobs, 1 avoids OpenMP stalls)")
     p.add_argument("--workdir", default=None, help="keep the images and cache here")
     p.add_argument("--json", default=None, help="write the figures to this file")
     return p.parse_args(argv)
@@ -152,7 +156,11 @@ def main(argv=None) -> dict:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
+    args.threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(args.threads)
+    # what the trainer does on a CPU (trainer.tune_malloc=true): without it every batch's
+    # fresh 25 MB buffers are page-faulted in again, which made repeats differ by 1.5x
+    args.malloc_tuned = device.type == "cpu" and keep_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         src, tgt = work / "images" / "source", work / "images" / "target"
@@ -166,7 +174,8 @@ def main(argv=None) -> dict:
     out["speedup"] = out["pipeline_batches_per_s"] / out["usual_pipeline_batches_per_s"]
     out["settings"] = {k: getattr(args, k) for k in ("per_domain", "width", "height", "batch",
                                                      "batches", "image_size", "cache_size",
-                                                     "workers", "device", "threads")}
+                                                     "workers", "device", "threads",
+                                                     "malloc_tuned")}
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

@@ -69,3 +69,22 @@ def test_bad_arguments_exit_2(tmp_path):
         proc = bench(args, cwd=tmp_path)
         assert proc.returncode == 2, args
         assert "usage:" in proc.stderr and "error:" in proc.stderr
+
+
+def test_pipeline_bench_writes_the_issue_keys(tmp_path):
+    """`bench.py --pipeline folders` on a tiny generated folder pair: the JSON keys the
+    README and docs/performance.md quote, positive rates, and the settings it ran with."""
+    out = tmp_path / "pipe.json"
+    proc = bench(["--pipeline", "folders", "--per-domain", "24", "--width", "48",
+                  "--height", "40", "--classes", "3", "--batch", "4", "--batches", "3",
+                  "--image-size", "24", "--cache-size", "32", "--workers", "0",
+                  "--threads", "1", "--json", str(out)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    for key in ("pipeline_batches_per_s", "usual_pipeline_batches_per_s", "cache_build_s",
+                "cache_load_s", "speedup"):
+        assert positive(result[key]), (key, result[key])
+    assert result["speedup"] == result["pipeline_batches_per_s"] / result[
+        "usual_pipeline_batches_per_s"]
+    assert result["settings"]["threads"] == 1 and result["settings"]["image_size"] == 24
+    assert isinstance(result["settings"]["malloc_tuned"], bool)

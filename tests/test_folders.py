@@ -18,8 +18,10 @@ from da_train.data.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     centre_crop,
+    crop_grid,
     crop_params,
     eval_transform,
+    normalise_images,
     random_resized_crop_flip,
     train_transform,
 )
@@ -208,6 +210,24 @@ def test_crop_and_flip_are_applied():
     assert area.min() >= 0.08 - 1e-6 and area.max() <= 1 + 1e-6
     assert ((p[:, 4] < 0).float().mean() - 0.5).abs() < 0.1
     assert (p[:, 2] - p[:, 0] / 2 >= -1e-6).all() and (p[:, 2] + p[:, 0] / 2 <= 1 + 1e-6).all()
+
+
+def test_broadcast_grid_is_affine_grid_and_normalising_first_changes_nothing():
+    """crop_grid builds what affine_grid builds for the box/flip theta, and normalising
+    before the bilinear resize equals normalising after it (weights sum to 1)."""
+    import torch.nn.functional as F
+
+    p = crop_params(16, "cpu", generator=torch.Generator().manual_seed(0))
+    theta = torch.zeros(16, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = p[:, 0] * p[:, 4], p[:, 1]
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * p[:, 2] - 1, 2 * p[:, 3] - 1
+    want = F.affine_grid(theta, [16, 3, 12, 12], align_corners=False)
+    assert torch.allclose(crop_grid(p, 12), want, atol=1e-6)
+    images = torch.randint(0, 256, (16, 3, 20, 20), dtype=torch.uint8)
+    for mode in ("imagenet", "global"):
+        late = normalise_images(random_resized_crop_flip(images, 12, params=p), mode)
+        early = random_resized_crop_flip(normalise_images(images, mode), 12, params=p)
+        assert torch.allclose(early, late, atol=1e-5)
 
 
 def test_centre_crop_and_imagenet_normalisation():
