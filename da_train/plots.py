@@ -27,7 +27,7 @@ import numpy as np
 
 INSTALL_HINT = 'pip install "da-train[plots]"'
 DPI = 100
-FIG_SIZES = {"curves": (12.0, 4.5), "confusion": (6.0, 5.0), "embeddings": (10.0, 9.0)}
+FIG_SIZES = {"curves": (12.0, 6.0), "confusion": (6.0, 5.0), "embeddings": (10.0, 9.0)}
 CURVE_TAGS = {"target": "val/target_acc", "source": "val/source_acc"}
 EMBED_MAX_POINTS = 1000
 EMBED_DIMS = 50  # features are stored as their first 50 principal components (t-SNE's usual input)
@@ -130,8 +130,10 @@ def curves_figure(groups: dict[str, list], title: str = "Accuracy over training"
         ax.set_title(f"{name} test accuracy (mean ± std over seeds)")
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-        if data[name]:
-            ax.legend(loc="lower right", fontsize="small")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:  # one legend for both panels, below them, so it never hides a curve
+        fig.legend(handles, labels, loc="outside lower center", fontsize="small",
+                   ncol=min(2, len(handles)))
     axes[0].set_ylabel("accuracy")
     fig.suptitle(title)
     return fig, data

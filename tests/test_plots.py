@@ -81,8 +81,8 @@ def test_two_seed_curves_have_one_band_per_method(sweep):
     # One filled band (PolyCollection) and one mean line per method on each panel.
     assert len(target_ax.collections) == 2 and len(target_ax.lines) == 2
     assert len(source_ax.collections) == 2
-    assert [t.get_text() for t in target_ax.get_legend().get_texts()] == ["dann (n=2)",
-                                                                          "ddc (n=2)"]
+    [legend] = fig.legends  # one legend for both panels
+    assert [t.get_text() for t in legend.get_texts()] == ["dann (n=2)", "ddc (n=2)"]
     assert target_ax.get_xlabel() == "training step" and target_ax.get_ylabel() == "accuracy"
     # A single seed is a line without a band.
     fig, data = plots.curves_figure({"dann": [sweep / "0"]})
