@@ -194,6 +194,9 @@ def test_augment_shapes_and_seed_determinism():
     assert a.shape == (6, 3, 16, 16) and a.dtype == torch.float32 and torch.equal(a, b)
     assert not torch.equal(a, train_transform(images, 16, "imagenet"))
     assert eval_transform(images, 16, "global").shape == (6, 3, 16, 16)
+    floats = images.float()
+    eval_transform(floats, 16, "imagenet")
+    assert torch.equal(floats, images.float())  # the in-place normalisation left it alone
 
 
 def test_crop_and_flip_are_applied():
