@@ -219,6 +219,16 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     return trainer.fit()
 
 
+def _remove_empty_parents(run_dir: Path) -> None:
+    """Remove the folders above a discarded run (outputs/runs/<date>/ ...) that are now empty,
+    up to but never including the working directory; a folder outside it is left alone."""
+    cwd = Path.cwd().resolve()
+    parent = run_dir.resolve().parent
+    while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
 def _record_failure(run_dir: Path, err: BaseException, discard: bool = False) -> None:
     """Write status.json = failed; with ``discard`` (a single run, not a sweep job), a folder
     in which nothing started (only Hydra's .hydra/ and log) is removed instead when the
@@ -229,6 +239,7 @@ def _record_failure(run_dir: Path, err: BaseException, discard: bool = False) ->
                                      for p in run_dir.iterdir())
     if discard and isinstance(err, (ConfigError, DataError)) and fresh:
         shutil.rmtree(run_dir)
+        _remove_empty_parents(run_dir)
         return
     if (run_dir / "status.json").is_file() and isinstance(err, ConfigError) \
             and sweeps.job_state(run_dir) == "completed":

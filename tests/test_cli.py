@@ -127,6 +127,8 @@ def test_missing_data_gives_one_clear_message(tmp_path):
     assert proc.returncode == 2
     assert "train-images-idx3-ubyte" in proc.stderr and "data.download=true" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # nothing started, so nothing is left behind: no run folder, no empty outputs/runs/<date>/
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_real_data_dann_run(real_root, tmp_path):
