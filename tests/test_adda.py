@@ -93,3 +93,25 @@ def test_uda_methods_never_read_target_training_labels(tmp_path):
         method = build_method(cfg.method, build_backbone("mlp", 2, (2,)))
         results = Trainer(cfg, method, pair, tmp_path / name, torch.device("cpu")).fit()
         assert results["steps"] == 6, name
+
+
+def test_adda_on_logits_adapts_a_copy_of_the_whole_network(tmp_path):
+    """method.disc_input=logits (the released code): the discriminator sees the class scores,
+    the target copy includes the classifier and predicts the target by itself."""
+    trainer = toy_trainer(toy_config("adda", pretrain_steps=30, adapt_steps=20,
+                                     disc_input="logits"), tmp_path)
+    method = trainer.method
+    assert method.discriminator[0].in_features == 2  # the moons' 2 classes
+    run_steps(trainer, 30)
+    classifier = snapshot(method.backbone.classifier)
+    x = torch.randn(8, 2)
+    before = method.predict_target(x)
+    assert torch.equal(before, method.backbone.classifier(method.backbone.features(x)))
+    run_steps(trainer, 20)
+    for key, value in method.backbone.classifier.state_dict().items():
+        assert torch.equal(value, classifier[key]), "source classifier changed in stage 2"
+    copied_head = method.target_encoder[1].state_dict()
+    assert any(not torch.equal(v, classifier[k]) for k, v in copied_head.items()), \
+        "the target copy's classifier did not train"
+    assert torch.equal(method.predict_target(x), method.target_encoder(x))
+    assert method.embed(x, "target").shape[1] == method.backbone.feature_dim

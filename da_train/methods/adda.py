@@ -10,9 +10,17 @@ Two phases in the one trainer loop:
    features = 0), then the target encoder with the *inverted* labels (target features = 1),
    the GAN loss of the paper rather than gradient reversal. Adam lr 2e-4, betas (0.5, 0.999).
 
-The discriminator is ``feature_dim - 500 - 500 - 1`` with ReLU (``method.disc_hidden``); the
-paper's two-way softmax output is written here as one logit with a sigmoid, the same model.
-Target prediction = target encoder + source classifier.
+The discriminator is ``d - 500 - 500 - 1`` with ReLU (``method.disc_hidden``); the paper's
+two-way softmax output is written here as one logit with a sigmoid, the same model.
+
+What the discriminator sees (``method.disc_input``):
+
+- ``features`` (default): the encoder's features (LeNet: 512-d); the target encoder is a copy
+  of the feature extractor, and target prediction = target encoder + the frozen source
+  classifier. This is the split of the paper's Figure 3 (encoder, then classifier).
+- ``logits``: the whole network's class scores, as the authors' released code does (its LeNet
+  "encoder" ends in the 10-d layer that feeds the discriminator, and the adapted copy predicts
+  the target by itself). The target copy then includes the classifier.
 """
 
 from __future__ import annotations
@@ -36,12 +44,14 @@ class AddaConfig(MethodConfig):
     lr: float = 2e-4            # stage 2 Adam (the paper's settings)
     beta1: float = 0.5
     beta2: float = 0.999
+    disc_input: str = "features"  # features | logits (the released code's 10-d output)
     rules = {
         "pretrain_steps": (lambda v: v >= 0, "a whole number >= 0"),
         "adapt_steps": (lambda v: v > 0, "a whole number > 0"),
         "disc_hidden": (lambda v: len(v) >= 1 and all(h > 0 for h in v),
                         "a non-empty list of layer widths > 0, e.g. [500,500]"),
         "lr": POSITIVE, "beta1": BETA, "beta2": BETA,
+        "disc_input": (lambda v: v in ("features", "logits"), "features or logits"),
     }
 
 
@@ -62,8 +72,9 @@ class ADDA(Method):
 
     def __init__(self, cfg, backbone):
         super().__init__(cfg, backbone)
-        self.target_encoder = copy.deepcopy(backbone.features)
-        self.discriminator = discriminator(backbone.feature_dim, list(cfg.disc_hidden))
+        self.target_encoder = copy.deepcopy(self._source_encoder())
+        width = backbone.feature_dim if cfg.disc_input == "features" else _num_outputs(backbone)
+        self.discriminator = discriminator(width, list(cfg.disc_hidden))
         # Saved in checkpoints: whether the target encoder has been initialised and trained.
         self.register_buffer("adapted", torch.tensor(False))
 
@@ -85,7 +96,7 @@ class ADDA(Method):
 
     def start_phase(self, phase):
         if phase.name == "adapt":
-            self.target_encoder.load_state_dict(self.backbone.features.state_dict())
+            self.target_encoder.load_state_dict(self._source_encoder().state_dict())
             self.backbone.requires_grad_(False)
             self.adapted.fill_(True)
 
@@ -99,7 +110,7 @@ class ADDA(Method):
 
     def _discriminator_step(self, batch) -> StepOutput:
         with torch.no_grad():
-            feats = torch.cat([self.backbone.features(batch.xs), self.target_encoder(batch.xt)])
+            feats = torch.cat([self._source_encoder()(batch.xs), self.target_encoder(batch.xt)])
         logits = self.discriminator(feats).squeeze(1)
         domain = torch.cat([logits.new_ones(len(batch.xs)), logits.new_zeros(len(batch.xt))])
         loss = F.binary_cross_entropy_with_logits(logits, domain)
@@ -111,11 +122,28 @@ class ADDA(Method):
         inverted = logits.new_ones(len(logits))  # target features labelled "source"
         return StepOutput(F.binary_cross_entropy_with_logits(logits, inverted))
 
-    def _target_features(self, x):
-        return self.target_encoder(x) if bool(self.adapted) else self.backbone.features(x)
+    def _source_encoder(self) -> nn.Module:
+        """The map whose output the discriminator sees (and the target copy imitates): the
+        feature extractor, or the whole network up to the class scores."""
+        if self.cfg.disc_input == "logits":
+            return nn.Sequential(self.backbone.features, self.backbone.classifier)
+        return self.backbone.features
 
     def predict_target(self, x):
-        return self.backbone.classifier(self._target_features(x))
+        if not bool(self.adapted):
+            return self.backbone.classifier(self.backbone.features(x))
+        if self.cfg.disc_input == "logits":
+            return self.target_encoder(x)
+        return self.backbone.classifier(self.target_encoder(x))
 
     def embed(self, x, domain):
-        return self._target_features(x) if domain == "target" else self.backbone.features(x)
+        if domain != "target" or not bool(self.adapted):
+            return self.backbone.features(x)
+        encoder = self.target_encoder[0] if self.cfg.disc_input == "logits" \
+            else self.target_encoder
+        return encoder(x)
+
+
+def _num_outputs(backbone) -> int:
+    """Number of class scores: the width of the label head's last linear layer."""
+    return [m for m in backbone.classifier.modules() if isinstance(m, nn.Linear)][-1].out_features
