@@ -72,7 +72,7 @@ def test_help_describes_commands_and_user_groups_only(tmp_path):
     for command in ("run ", "sweep ", "resume ", "report ", "offline "):
         assert f"\n{command}" in text
     assert "hydra/launcher=joblib hydra.launcher.n_jobs=2" in text
-    assert "data.download=false" in text and "10,000 steps" in text
+    assert "data.download=false" in text and "20,000 on MNIST -> MNIST-M" in text
     for hidden in ("method_schema", "schema:", "inject_nan_at"):
         assert hidden not in text
     # every choice a user can pick is listed (experiments by the pattern and examples)

@@ -48,3 +48,28 @@ def test_unknown_method_lists_choices():
 def test_range_validation_names_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose_config([override]))
+
+
+def test_main_command_is_the_dann_preset_with_instance_input_and_20000_steps():
+    """The README's main command is the configuration whose 5 seeds docs/results.md reports
+    as `experiment=dann_mnist_mnistm data.normalize=instance trainer.steps=20000`."""
+    from omegaconf import OmegaConf
+    main = compose_config(["method=dann", "data=mnist_mnistm"])
+    preset = compose_config(["experiment=dann_mnist_mnistm", "data.normalize=instance",
+                             "trainer.steps=20000"])
+    assert main.trainer.steps == 20000 and main.data.normalize == "instance"
+    assert OmegaConf.to_container(main) == OmegaConf.to_container(preset)
+
+
+def test_pair_training_length_yields_to_presets_and_the_command_line():
+    from pathlib import Path
+
+    from da_train.conf import __file__ as conf_init
+    folder = Path(conf_init).parent / "experiment"
+    presets = sorted(p.stem for p in folder.glob("*_mnist_mnistm.yaml"))
+    assert len(presets) >= 10
+    for name in presets:
+        if not name.startswith("adda"):  # ADDA's stages have their own lengths
+            assert compose_config([f"experiment={name}"]).trainer.steps == 10000, name
+    assert compose_config(["data=mnist_mnistm", "trainer.steps=300"]).trainer.steps == 300
+    assert compose_config(["data=mnist_usps"]).trainer.steps == 10000

@@ -49,7 +49,7 @@ def test_every_preset_of_the_pair_runs_with_three_seeds_and_the_report_follows(c
 def test_mnistm_runs_cache_the_built_dataset_and_include_the_variant_rows(commands):
     runs = [line for line in commands("mnist_mnistm", SEEDS="0") if line.startswith("da-train")]
     assert all("data.cache_root=data" in line and "seed=0 " in line for line in runs)
-    variant = [line for line in runs if "dann_mnist_mnistm_instance_20k" in line]
+    variant = [line for line in runs if "dann_mnist_mnistm_main" in line]
     assert len(variant) == 1
     assert "experiment=dann_mnist_mnistm method=dann seed=0 data.normalize=instance " \
            "trainer.steps=20000" in variant[0]
