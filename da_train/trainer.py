@@ -123,13 +123,16 @@ class Trainer:
         # rows: true target class, columns: predicted class (final, full evaluation only)
         self.target_confusion: torch.Tensor | None = None
         self.eval_seconds = 0.0
+        # wall time of the earlier processes of a resumed run (up to their last checkpoint)
+        self.earlier_wall = 0.0
+        self.clock: Clock | None = None
         self.purge_step: int | None = None
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
         """Train to the end (or resume to it), write results.json and return its contents."""
         writer = self._open_logs()
-        clock = Clock(self.step, self.tcfg.progress_every)
+        clock = self.clock = Clock(self.step, self.tcfg.progress_every)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.method.name,
                    dynamic_ncols=True, disable=None)
         self.method.train()
@@ -171,7 +174,7 @@ class Trainer:
                     self._status("interrupted", signal=signals.name)
                     raise RunInterrupted(signals.signum, self.step, self.run_dir)
         bar.close()
-        return self.finish(writer, clock.wall())
+        return self.finish(writer, self.wall_seconds())
 
     # ------------------------------------------------------------------ one step
     def enter_phase(self) -> tuple[Phase, float]:
@@ -369,9 +372,14 @@ class Trainer:
             "last_selection": self.last_selection,
             "target_confusion": self.target_confusion,
             "eval_seconds": self.eval_seconds,
+            "wall_seconds": self.wall_seconds(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
         atomic_torch_save(state, self.run_dir / CHECKPOINT)
+
+    def wall_seconds(self) -> float:
+        """Wall time of the run so far, summed over the processes of a resumed run."""
+        return self.earlier_wall + (self.clock.wall() if self.clock else 0.0)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore everything a checkpoint holds, so the run continues bit for bit."""
@@ -389,6 +397,7 @@ class Trainer:
         self.last_selection = state.get("last_selection", {})
         self.target_confusion = state.get("target_confusion")
         self.eval_seconds = state["eval_seconds"]
+        self.earlier_wall = state.get("wall_seconds", 0.0)
         self.purge_step = self.step + 1
 
     # ------------------------------------------------------------------ the end

@@ -151,8 +151,9 @@ def test_killed_run_resumes_to_identical_results(resume_setup, tmp_path, sig, co
     assert proc.wait(timeout=120) == code
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "interrupted" and status["step"] < STEPS
-    stopped_at = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
-    assert stopped_at == status["step"]
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == status["step"]
+    assert saved["wall_seconds"] > 0
     assert "trainer.resume=" in proc.stderr.read()
 
     resumed = da_train([f"trainer.resume={run}", f"hydra.run.dir={tmp_path / 'fresh'}"],
@@ -163,6 +164,8 @@ def test_killed_run_resumes_to_identical_results(resume_setup, tmp_path, sig, co
     got = json.loads((run / "results.json").read_text())
     for key in ("source_acc", "target_acc", "steps"):
         assert got[key] == want[key], key
+    # the wall time counts the killed process up to its checkpoint, not only the resumed one
+    assert got["wall_time_s"] > saved["wall_seconds"]
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
 
     acc = EventAccumulator(str(run / "tb"))
