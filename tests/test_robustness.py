@@ -154,10 +154,14 @@ def test_killed_run_resumes_to_identical_results(resume_setup, tmp_path, sig, co
     saved = torch.load(run / "checkpoint.pt", weights_only=True)
     assert saved["step"] == status["step"]
     assert saved["wall_seconds"] > 0
+    # pretend the killed process ran 1,000 s: the resumed run's wall time must include them
+    torch.save({**saved, "wall_seconds": 1000.0}, run / "checkpoint.pt")
     assert "trainer.resume=" in proc.stderr.read()
 
+    started = time.time()
     resumed = da_train([f"trainer.resume={run}", f"hydra.run.dir={tmp_path / 'fresh'}"],
                        tmp_path)
+    resumed_s = time.time() - started
     assert resumed.returncode == 0, resumed.stderr
     assert not (tmp_path / "fresh").exists()  # the empty new folder is not left behind
     want = json.loads((reference / "results.json").read_text())
@@ -165,7 +169,7 @@ def test_killed_run_resumes_to_identical_results(resume_setup, tmp_path, sig, co
     for key in ("source_acc", "target_acc", "steps"):
         assert got[key] == want[key], key
     # the wall time counts the killed process up to its checkpoint, not only the resumed one
-    assert got["wall_time_s"] > saved["wall_seconds"]
+    assert 1000.0 < got["wall_time_s"] < 1000.0 + resumed_s
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
 
     acc = EventAccumulator(str(run / "tb"))
