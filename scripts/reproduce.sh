@@ -30,6 +30,7 @@ for pair in "${pairs[@]}"; do
 done
 # Variant rows of docs/results.md: "<pair> <preset> <folder suffix> <override>..." (a preset
 # run with extra overrides, e.g. another input normalisation). VARIANTS=0 skips them.
+# "cdane_full" is CDAN+E on the full training sets, the CDAN paper's own digit protocol.
 # "main" is the README's main command, `da-train method=dann data=mnist_mnistm`, written as the
 # preset plus what the pair's defaults change (tests/test_config.py checks they are equal).
 variants=(
@@ -37,6 +38,8 @@ variants=(
   "mnist_mnistm dann_mnist_mnistm instance data.normalize=instance"
   "mnist_mnistm source_only_mnist_mnistm instance data.normalize=instance"
   "mnist_mnistm dann_ent_mnist_mnistm instance data.normalize=instance"
+  "mnist_usps cdan_mnist_usps cdane_full method.entropy=true data.source.limit=0 data.target.limit=0"
+  "usps_mnist cdan_usps_mnist cdane_full method.entropy=true data.source.limit=0 data.target.limit=0"
 )
 if [ "${VARIANTS:-1}" != 0 ]; then
   for variant in "${variants[@]}"; do

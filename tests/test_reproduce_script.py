@@ -36,7 +36,7 @@ def test_every_preset_of_the_pair_runs_with_three_seeds_and_the_report_follows(c
     lines = commands("mnist01_23")
     presets = sorted(p.stem for p in (ROOT / "da_train/conf/experiment").glob("*_mnist01_23.yaml"))
     runs = [line for line in lines if line.startswith("da-train")]
-    assert len(runs) == len(presets)  # the variant rows are all MNIST -> MNIST-M
+    assert len(runs) == len(presets)  # no variant row is for mnist01_23
     for preset in presets:
         method = preset.removesuffix("_mnist01_23")
         [line] = [r for r in runs if f"experiment={preset} " in r]
@@ -55,6 +55,14 @@ def test_mnistm_runs_cache_the_built_dataset_and_include_the_variant_rows(comman
            "trainer.steps=20000" in variant[0]
     assert not [line for line in commands("mnist_mnistm", VARIANTS="0")
                 if "data.normalize=instance" in line]
+
+
+def test_usps_pairs_include_cdan_e_on_the_full_training_sets(commands):
+    for pair in ("mnist_usps", "usps_mnist"):
+        runs = [line for line in commands(pair, METHODS="cdan") if line.startswith("da-train")]
+        [full] = [line for line in runs if f"cdan_{pair}_cdane_full" in line]
+        assert "method.entropy=true data.source.limit=0 data.target.limit=0" in full
+        assert len(runs) == 2  # the preset and its full-set CDAN+E variant
 
 
 def test_methods_and_out_choose_the_presets_and_the_folder(commands):
