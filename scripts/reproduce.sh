@@ -30,7 +30,7 @@ for pair in "${pairs[@]}"; do
 done
 # Variant rows of docs/results.md: "<pair> <preset> <folder suffix> <override>..." (a preset
 # run with extra overrides, e.g. another input normalisation). VARIANTS=0 skips them.
-# "cdane_full" is CDAN+E on the full training sets, the CDAN paper's own digit protocol.
+# "cdane_full" is CDAN+E on the full training sets, the data the CDAN paper trains on.
 # "main" is the README's main command, `da-train method=dann data=mnist_mnistm`, written as the
 # preset plus what the pair's defaults change (tests/test_config.py checks they are equal).
 variants=(
