@@ -12,6 +12,18 @@ configurations of a sweep, and what that pick costs against the oracle (best tar
 accuracy) and the median configuration. ``--plots DIR`` writes PNG figures
 (:mod:`da_train.plots`). Neither changes the main table.
 
+Two ways to keep a table when run folders are gone (a new machine, a cleaned disk):
+
+- ``--archive DIR`` copies the small record of every completed run (``results.json``,
+  ``status.json`` and ``.hydra/overrides.yaml``, a few KB; no checkpoints or event files)
+  into ``DIR/<data>/<method>/<variant hash>/seed_<seed>/``. Such a folder is a run folder
+  again, so committing ``DIR`` lets anyone rebuild the whole page, per-seed and selection
+  sections included, with ``da-report DIR ...``.
+- A results CSV written by ``--csv`` may be passed as a PATH: its rows are *carried* into the
+  table (and the new CSV) as they were, marked ``†``, unless a run folder gives a row with
+  the same data, method and variant, which replaces it. Carried rows have no per-seed or
+  selection details: only their summary survived.
+
 A run folder is any directory holding ``status.json``, ``results.json`` or
 ``.hydra/config.yaml``. ``status.json`` is the authority on whether a run finished: the
 trainer writes ``results.json`` first and ``status.json`` = completed last.
@@ -24,11 +36,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
 import re
 import shlex
+import shutil
 import statistics
 import sys
 from collections import Counter
@@ -194,6 +208,7 @@ def _completed_run(folder: Path, results: dict) -> dict:
     method = str(results["method"])
     return {
         "folder": folder,
+        "run_dir": str(results.get("run_dir") or ""),
         "data": str(results["data"]),
         "method": method,
         "seed": results["seed"],
@@ -289,7 +304,24 @@ def load_runs(folders) -> tuple[list[dict], list[dict]]:
             completed.append(run)
         else:
             problems.append(problem)
-    return completed, problems
+    return drop_archived_copies(completed), problems
+
+
+def drop_archived_copies(completed) -> list[dict]:
+    """One entry per run when both a run folder and its archived record (``--archive``) are
+    reported. A copy holds the same results.json, so the same ``run_dir``, seed, accuracies
+    and wall time identify it (results of older runs have no ``run_dir``; the rest still
+    does). The original folder wins: it also has the event files that ``--plots`` reads."""
+    chosen: dict[tuple, dict] = {}
+    for run in completed:
+        identity = tuple(str(run[k]) for k in ("run_dir", "data", "method", "variant", "seed",
+                                               "target_acc", "source_acc", "wall_time_s"))
+        is_original = bool(run["run_dir"]) and (
+            Path(run["folder"]).resolve() == Path(run["run_dir"]).resolve())
+        if identity not in chosen or is_original:
+            chosen[identity] = run
+    kept = {id(run) for run in chosen.values()}
+    return [run for run in completed if id(run) in kept]
 
 
 # ------------------------------------------------------------------------------ summary
@@ -387,6 +419,104 @@ def consistency_notes(completed) -> list[str]:
     return notes
 
 
+# ------------------------------------------------------------------------------ carried rows
+CARRIED_MARK = "†"
+_INT_COLUMNS = ("seeds", "steps")
+_TEXT_COLUMNS = ("data", "method", "variant", "device_name", "command")
+
+
+def _carried_value(column: str, text: str):
+    """A CSV cell back as the value write_csv was given (None for an empty cell)."""
+    if column in _TEXT_COLUMNS:
+        return text
+    if column == "oracle":
+        return text.strip().lower() == "true"
+    if text.strip() == "":
+        return None
+    return int(float(text)) if column in _INT_COLUMNS else float(text)
+
+
+def read_carried_rows(path) -> list[dict]:
+    """The rows of a results CSV written by ``--csv``, marked ``carried`` (their file).
+
+    Why: the CSV is the committed summary of runs whose folders may no longer exist; reading
+    it back keeps those rows in a regenerated table instead of silently dropping them.
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="") as handle:
+            records = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ReportError(f"cannot read the results CSV {path}: {err}") from err
+    header = set(records[0]) if records else set()
+    missing = [c for c in CSV_COLUMNS[:7] if c not in header]
+    if records and missing:
+        raise ReportError(
+            f"{path} is not a results CSV written by da-report --csv: it lacks the column(s) "
+            f"{', '.join(missing)}. Pass run or sweep folders, or a CSV from `da-report ... "
+            "--csv FILE`.")
+    rows = []
+    for number, record in enumerate(records, start=2):
+        try:
+            row = {c: _carried_value(c, record.get(c) or "") for c in CSV_COLUMNS}
+        except ValueError as err:
+            raise ReportError(f"{path}, line {number}: {err}; the file was edited by hand "
+                              "or is not a da-report CSV") from err
+        rows.append({**row, "carried": str(path)})
+    return rows
+
+
+def merge_carried(rows: list[dict], carried: list[dict]) -> list[dict]:
+    """``rows`` plus the carried rows that no run folder replaces, in summarise's order."""
+    key = lambda r: (r["data"], r["method"], r["variant"])  # noqa: E731
+    have = {key(r) for r in rows}
+    kept = list(rows)
+    for row in carried:
+        if key(row) not in have:
+            have.add(key(row))
+            kept.append(row)
+    return sorted(kept, key=lambda r: (r["data"], r["oracle"], r["method"], r["variant"]))
+
+
+# ------------------------------------------------------------------------------ archive
+ARCHIVED_FILES = ("results.json", "status.json", ".hydra/overrides.yaml")
+
+
+def archive_folder(run: dict) -> Path:
+    """Where a run's record goes, relative to the archive: stable, so re-archiving the
+    same run overwrites its record instead of adding a second copy."""
+    digest = hashlib.sha1(run["variant"].encode()).hexdigest()[:8]
+    return Path(run["data"], run["method"], digest, f"seed_{run['seed']}")
+
+
+def archive_runs(completed, archive_dir) -> int:
+    """Copy the record of each completed run into ``archive_dir``; the number archived.
+
+    Runs already inside the archive are left alone. Two runs of the same row and seed get
+    ``seed_<seed>-2``, ... so that neither record is lost.
+    """
+    archive_dir = Path(archive_dir)
+    root = archive_dir.resolve()
+    taken: set[Path] = set()
+    count = 0
+    for run in completed:
+        source = Path(run["folder"])
+        if source.resolve().is_relative_to(root):
+            continue
+        relative = archive_folder(run)
+        base, n = relative, 1
+        while relative in taken:
+            n += 1
+            relative = base.with_name(f"{base.name}-{n}")
+        taken.add(relative)
+        for name in ARCHIVED_FILES:
+            if (source / name).is_file():
+                (archive_dir / relative / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / name, archive_dir / relative / name)
+        count += 1
+    return count
+
+
 # ------------------------------------------------------------------------------ output
 def _cell(value) -> str:
     """Markdown-safe table cell: pipes would split the cell, newlines end the table."""
@@ -407,7 +537,8 @@ def _markdown_row(row: dict, pad: bool = False) -> str:
     """One results row as Markdown (with a proxy A-distance cell when ``pad``)."""
     method = row["method"] + (" (oracle)" if row["oracle"] else "")
     cells = [
-        row["data"], method, row["variant"], row["seeds"],
+        row["data"], method, row["variant"],
+        f"{row['seeds']}{CARRIED_MARK}" if row.get("carried") else row["seeds"],
         _acc(row["target_acc_mean"], row["target_acc_std"], row["seeds"]),
         _acc(row["source_acc_mean"], row["source_acc_std"], row["seeds"]),
         _fmt(row["steps"], ""), _fmt(row["wall_s"], ".1f"), row["device_name"],
@@ -416,6 +547,16 @@ def _markdown_row(row: dict, pad: bool = False) -> str:
     if pad:
         cells.insert(6, _fmt(row.get("proxy_a_distance"), ".3f"))
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _carried_legend(rows) -> list[str]:
+    """Say where carried rows come from and what they lack, once per source file."""
+    sources = sorted({r["carried"] for r in rows if r.get("carried")})
+    if not sources:
+        return []
+    return ["", f"{CARRIED_MARK} carried from {', '.join(sources)}: the run folders of these "
+            "rows were not given to this report, so only their summary is shown; they are not "
+            "in the per-seed table or the selection analysis."]
 
 
 def _problems_table(problems) -> list[str]:
@@ -471,6 +612,7 @@ def to_markdown(rows, problems, title: str = DEFAULT_TITLE, notes=(), completed=
         lines += [_markdown_row(r, pad) for r in rows]
         if pad:
             lines += ["", PAD_LEGEND]
+        lines += _carried_legend(rows)
     else:
         lines.append("No completed runs.")
     lines.append("")
@@ -638,7 +780,8 @@ def parse_args(argv) -> argparse.Namespace:
         description="Summarise da-train run and sweep folders as a Markdown (and CSV) "
                     "table of mean ± std over seeds; failed or unfinished runs are listed.")
     parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="run, sweep or outputs folders (searched recursively)")
+                        help="run, sweep or outputs folders (searched recursively), or a "
+                             "results CSV from --csv, whose rows are carried over")
     parser.add_argument("--md", metavar="FILE", help="also write the Markdown report here")
     parser.add_argument("--csv", metavar="FILE", help="also write the results table as CSV")
     parser.add_argument("--title", default=DEFAULT_TITLE, help="report title (Markdown)")
@@ -648,6 +791,10 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--selection", action="store_true",
                         help="add the model-selection analysis: what each validator (no "
                              "target labels) would have picked, and its cost vs the oracle")
+    parser.add_argument("--archive", metavar="DIR",
+                        help="copy the record of every completed run (results.json, "
+                             "status.json, overrides; a few KB each) into DIR, so the table "
+                             "can be rebuilt after the run folders are gone")
     parser.add_argument("--plots", metavar="DIR",
                         help="write PNG figures (accuracy curves, confusion matrices, "
                              "feature scatters) into DIR; needs da-train[plots]")
@@ -659,27 +806,32 @@ def _check_paths(paths: list[str]) -> None:
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise ReportError(f"path does not exist: {', '.join(missing)}")
-    files = [p for p in paths if not Path(p).is_dir()]
+    files = [p for p in paths if not Path(p).is_dir() and not p.endswith(".csv")]
     if files:
         raise ReportError(f"not a folder: {', '.join(files)}; pass the run, sweep or "
-                          "outputs folder that contains it")
+                          "outputs folder that contains it, or a results CSV (.csv)")
 
 
 def build_report(args: argparse.Namespace) -> tuple[str, list[dict], list[str], list[str]]:
     """(Markdown, rows, warnings, messages) for the folders named in ``args``; with
     ``--plots`` the figures are drawn and a message says where."""
     _check_paths(args.paths)
-    folders = find_run_folders(args.paths)
-    if not folders:
+    csvs = [p for p in args.paths if not Path(p).is_dir()]
+    folders = find_run_folders([p for p in args.paths if Path(p).is_dir()])
+    carried = [row for path in csvs for row in read_carried_rows(path)]
+    if not folders and not carried:
         raise ReportError(
             f"no run folders found under {', '.join(args.paths)}. A run folder is a "
             "directory containing status.json, results.json or .hydra/config.yaml, as "
             "written by da-train; pass a run folder, a sweep folder or the outputs folder.")
     appendix = _read_notes(args.notes) if args.notes else ""
     completed, problems = load_runs(folders)
-    rows = summarise(completed)
+    rows = merge_carried(summarise(completed), carried)
     notes = consistency_notes(completed)
     messages = [_write_plots(completed, args.plots)] if args.plots else []
+    if args.archive:
+        count = archive_runs(completed, args.archive)
+        messages.append(f"archived the records of {count} run(s) in {args.archive}")
     markdown = to_markdown(rows, problems, args.title, notes, completed, appendix,
                            selection=args.selection)
     return markdown, rows, notes, messages

@@ -7,7 +7,9 @@
 #   METHODS="source_only dann" runs only those methods' presets (default: every preset of the pair);
 #   OUT=<folder> changes the output folder (default outputs/reproduce); extra da-train overrides
 #   can be passed in DA_TRAIN_ARGS (e.g. DA_TRAIN_ARGS="trainer.device=cuda").
-# Output: $OUT/<pair>/<preset>/ (run folders), docs/results.md and docs/results.csv.
+# Output: $OUT/<pair>/<preset>/ (run folders), docs/results.md and docs/results.csv, and the
+# runs' records in docs/runs/ (da-report --archive: a few KB per run, to commit, so the page can
+# be rebuilt after the run folders are gone).
 # Rerunning continues: finished jobs of a sweep folder are skipped, interrupted ones resume.
 set -euo pipefail
 pairs=("${@:-mnist01_23 mnist_mnistm mnist_usps usps_mnist}")
@@ -52,4 +54,4 @@ if [ "${VARIANTS:-1}" != 0 ]; then
   done
 fi
 da-report "${out}" --md docs/results.md --csv docs/results.csv --notes docs/results-notes.md \
-  --title "da-train results (3 seeds, final step)"
+  --title "da-train results (3 seeds, final step)" --archive docs/runs

@@ -446,3 +446,71 @@ def test_selection_table_names_the_swept_key_and_lists_the_shared_ones(tmp_path,
     assert selection_table(out)[("dann", "im")][4] == "dann [method.lam=1.0]"
     assert ("- mnist_usps / dann: every configuration has "
             "`experiment=dann_mnist_usps trainer.steps=2000`") in out
+
+
+# ------------------------------------------------------------------ carried rows and archive
+def csv_records(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_csv_rows_are_carried_and_a_run_folder_replaces_its_row(outputs, tmp_path, capsys):
+    old = tmp_path / "old.csv"
+    assert main([str(outputs), "--csv", str(old)]) == 0
+    before = {(r["method"], r["variant"]): r for r in csv_records(old)}
+    new = tmp_path / "new"
+    make_run(new / "0", method="bnm", target=0.7)
+    make_run(new / "1", method="dann", seed=0, target=0.5)  # replaces the carried dann row
+    capsys.readouterr()
+    merged = tmp_path / "merged.csv"
+    assert main([str(old), str(new), "--csv", str(merged)]) == 0
+    out = capsys.readouterr().out
+    after = {(r["method"], r["variant"]): r for r in csv_records(merged)}
+    assert set(after) == set(before) | {("bnm", "")}
+    for key in set(before) - {("dann", "")}:
+        assert after[key] == before[key]  # carried exactly, every column
+    assert after[("dann", "")]["seeds"] == "1"
+    assert after[("dann", "")]["target_acc_mean"] == "0.5000"
+    ddc_line = next(line for line in out.splitlines() if "| ddc | method.lam=0.3 |" in line)
+    assert "| 2† | 0.7100 ± 0.0141 |" in ddc_line
+    assert f"† carried from {old}" in out
+    dann_line = next(line for line in out.splitlines()
+                     if line.startswith("| mnist_mnistm | dann |"))
+    assert "| 1 | 0.5000 |" in dann_line and "†" not in dann_line
+    per_seed = out.split("## Per seed")[1].split("##")[0]
+    assert "ddc" not in per_seed and "bnm" in per_seed  # carried rows have no per-seed data
+
+
+def test_a_csv_that_is_not_a_results_table_is_one_clear_error(tmp_path, capsys):
+    bad = tmp_path / "scores.csv"
+    bad.write_text("name,score\na,1\n")
+    assert main([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"da-report: error: {bad} is not a results CSV")
+    assert "target_acc_mean" in err and "Traceback" not in err
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    assert main([str(other)]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_archive_rebuilds_the_same_report_without_the_run_folders(outputs, tmp_path, capsys):
+    archive, first, second = tmp_path / "archive", tmp_path / "a.csv", tmp_path / "b.csv"
+    assert main([str(outputs), "--archive", str(archive), "--csv", str(first)]) == 0
+    from_folders = capsys.readouterr()
+    assert "archived the records of 8 run(s)" in from_folders.err
+    records = sorted(p.relative_to(archive) for p in archive.rglob("results.json"))
+    assert len(records) == 8 and all(p.parts[0] == "mnist_mnistm" for p in records)
+    assert not list(archive.rglob("config.yaml"))  # records only, no configs or checkpoints
+    assert main([str(archive), "--csv", str(second)]) == 0
+    from_archive = capsys.readouterr().out
+    assert second.read_text() == first.read_text()
+    section = "## Per seed"
+    assert from_archive.split(section)[1].split("## Failed")[0] == \
+        from_folders.out.split(section)[1].split("## Failed")[0]
+    # the folders and their archived copies together still count each run once
+    assert main([str(outputs), str(archive), "--archive", str(archive)]) == 0
+    both = capsys.readouterr()
+    assert "appears in more than one folder" not in both.err
+    assert "| mnist_mnistm | dann |  | 3 | " in both.out
+    assert len(list(archive.rglob("results.json"))) == 8

@@ -44,6 +44,7 @@ def test_every_preset_of_the_pair_runs_with_three_seeds_and_the_report_follows(c
         assert f"hydra.sweep.dir=outputs/reproduce/mnist01_23/{preset}" in line
         assert "data.cache_root" not in line
     assert lines[-1].startswith("da-report outputs/reproduce --md docs/results.md")
+    assert lines[-1].endswith("--archive docs/runs")  # the records to commit
 
 
 def test_mnistm_runs_cache_the_built_dataset_and_include_the_variant_rows(commands):
