@@ -32,7 +32,8 @@ for pair in "${pairs[@]}"; do
 done
 # Variant rows of docs/results.md: "<pair> <preset> <folder suffix> <override>..." (a preset
 # run with extra overrides, e.g. another input normalisation). VARIANTS=0 skips them.
-# "cdane_full" is CDAN+E on the full training sets, the data the CDAN paper trains on.
+# "cdane_full" is CDAN+E on the full training sets, the data the CDAN paper trains on; the
+# "full" source-only rows are its reference (how much the data alone gives).
 # "main" is the README's main command, `da-train method=dann data=mnist_mnistm`, written as the
 # preset plus what the pair's defaults change (tests/test_config.py checks they are equal).
 variants=(
@@ -42,6 +43,8 @@ variants=(
   "mnist_mnistm dann_ent_mnist_mnistm instance data.normalize=instance"
   "mnist_usps cdan_mnist_usps cdane_full method.entropy=true data.source.limit=0 data.target.limit=0"
   "usps_mnist cdan_usps_mnist cdane_full method.entropy=true data.source.limit=0 data.target.limit=0"
+  "mnist_usps source_only_mnist_usps full data.source.limit=0 data.target.limit=0"
+  "usps_mnist source_only_usps_mnist full data.source.limit=0 data.target.limit=0"
 )
 if [ "${VARIANTS:-1}" != 0 ]; then
   for variant in "${variants[@]}"; do

@@ -71,7 +71,10 @@ def test_methods_and_out_choose_the_presets_and_the_folder(commands):
     runs = [line for line in lines if line.startswith("da-train")]
     assert sorted(r.split()[2] for r in runs) == [
         "experiment=dann_mnist_usps", "experiment=dann_usps_mnist",
-        "experiment=source_only_mnist_usps", "experiment=source_only_usps_mnist"]
+        "experiment=source_only_mnist_usps", "experiment=source_only_mnist_usps",
+        "experiment=source_only_usps_mnist", "experiment=source_only_usps_mnist"]
+    full = [r for r in runs if "_full" in r]  # source-only on the full sets: CDAN+E's reference
+    assert len(full) == 2 and all("data.source.limit=0 data.target.limit=0" in r for r in full)
     assert "hydra.sweep.dir=outputs/results/usps_mnist/dann_usps_mnist" in " ".join(runs)
     assert lines[-1].startswith("da-report outputs/results --md docs/results.md")
     mnistm = [line for line in commands("mnist_mnistm", METHODS="adda")
