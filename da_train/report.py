@@ -492,29 +492,36 @@ def archive_folder(run: dict) -> Path:
 def archive_runs(completed, archive_dir) -> int:
     """Copy the record of each completed run into ``archive_dir``; the number archived.
 
-    Runs already inside the archive are left alone. Two runs of the same row and seed get
-    ``seed_<seed>-2``, ... so that neither record is lost.
+    Runs already inside the archive are left alone, and archiving a run again overwrites its
+    own record. A different run of the same row and seed (a rerun) goes to
+    ``seed_<seed>-2``, ... so that no record is ever overwritten by another run's.
     """
     archive_dir = Path(archive_dir)
     root = archive_dir.resolve()
-    taken: set[Path] = set()
     count = 0
     for run in completed:
         source = Path(run["folder"])
         if source.resolve().is_relative_to(root):
             continue
-        relative = archive_folder(run)
-        base, n = relative, 1
-        while relative in taken:
-            n += 1
-            relative = base.with_name(f"{base.name}-{n}")
-        taken.add(relative)
+        target = archive_dir / _free_slot(archive_dir, archive_folder(run), source)
         for name in ARCHIVED_FILES:
             if (source / name).is_file():
-                (archive_dir / relative / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source / name, archive_dir / relative / name)
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / name, target / name)
         count += 1
     return count
+
+
+def _free_slot(archive_dir: Path, base: Path, source: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``, ...: the first slot that is empty or already
+    holds this very run (the same results.json)."""
+    record = (source / "results.json").read_bytes()
+    relative, n = base, 1
+    while (archive_dir / relative / "results.json").is_file() and \
+            (archive_dir / relative / "results.json").read_bytes() != record:
+        n += 1
+        relative = base.with_name(f"{base.name}-{n}")
+    return relative
 
 
 # ------------------------------------------------------------------------------ output
