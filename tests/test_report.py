@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -514,3 +515,33 @@ def test_archive_rebuilds_the_same_report_without_the_run_folders(outputs, tmp_p
     assert "appears in more than one folder" not in both.err
     assert "| mnist_mnistm | dann |  | 3 | " in both.out
     assert len(list(archive.rglob("results.json"))) == 8
+
+
+def test_the_results_page_is_what_its_documented_command_writes(tmp_path, monkeypatch):
+    """docs/results.md and docs/results.csv must be exactly what the da-report command that
+    docs/results-notes.md documents writes from the committed records (docs/runs/ and the
+    carried CSV rows): no hand edits, no record left uncommitted."""
+    root = Path(__file__).resolve().parents[1]
+    notes = (root / "docs" / "results-notes.md").read_text()
+    [command] = [line.strip().strip("`") for line in notes.splitlines()
+                 if line.strip().startswith("`da-report docs/results.csv docs/runs ")]
+    argv = shlex.split(command)[1:]
+    md, table = tmp_path / "results.md", tmp_path / "results.csv"
+    argv[argv.index("--md") + 1], argv[argv.index("--csv") + 1] = str(md), str(table)
+    monkeypatch.chdir(root)
+    assert main(argv) == 0
+    assert table.read_text() == (root / "docs" / "results.csv").read_text()
+    assert md.read_text() == (root / "docs" / "results.md").read_text()
+
+
+def test_archiving_a_rerun_keeps_both_records(tmp_path, capsys):
+    archive = tmp_path / "archive"
+    make_run(tmp_path / "first", seed=0, target=0.8)
+    make_run(tmp_path / "again", seed=0, target=0.9)  # same row and seed, another run
+    for folder in ("first", "first", "again"):
+        assert main([str(tmp_path / folder), "--archive", str(archive)]) == 0
+    slots = sorted(p.parent.name for p in archive.rglob("results.json"))
+    assert slots == ["seed_0", "seed_0-2"]
+    capsys.readouterr()
+    assert main([str(archive)]) == 0
+    assert "| 2 | 0.8500 ± " in capsys.readouterr().out
