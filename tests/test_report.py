@@ -530,8 +530,11 @@ def test_the_results_page_is_what_its_documented_command_writes(tmp_path, monkey
     argv[argv.index("--md") + 1], argv[argv.index("--csv") + 1] = str(md), str(table)
     monkeypatch.chdir(root)
     assert main(argv) == 0
-    assert table.read_text() == (root / "docs" / "results.csv").read_text()
-    assert md.read_text() == (root / "docs" / "results.md").read_text()
+    stale = f"out of date: regenerate it with `{command}` (from the repository root)"
+    assert table.read_text() == (root / "docs" / "results.csv").read_text(), \
+        f"docs/results.csv is {stale}"
+    assert md.read_text() == (root / "docs" / "results.md").read_text(), \
+        f"docs/results.md is {stale}"
 
 
 def test_archiving_a_rerun_keeps_both_records(tmp_path, capsys):
