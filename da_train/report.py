@@ -466,14 +466,18 @@ def read_carried_rows(path) -> list[dict]:
     return rows
 
 
+def _row_key(row: dict) -> tuple[str, str, str]:
+    """What makes a row one row: the same data, method and variant."""
+    return row["data"], row["method"], row["variant"]
+
+
 def merge_carried(rows: list[dict], carried: list[dict]) -> list[dict]:
     """``rows`` plus the carried rows that no run folder replaces, in summarise's order."""
-    key = lambda r: (r["data"], r["method"], r["variant"])  # noqa: E731
-    have = {key(r) for r in rows}
+    have = {_row_key(r) for r in rows}
     kept = list(rows)
     for row in carried:
-        if key(row) not in have:
-            have.add(key(row))
+        if _row_key(row) not in have:
+            have.add(_row_key(row))
             kept.append(row)
     return sorted(kept, key=lambda r: (r["data"], r["oracle"], r["method"], r["variant"]))
 
