@@ -329,7 +329,7 @@ def group_runs(completed) -> dict[tuple[str, str, str], list[dict]]:
     """Runs that differ only by seed (and bookkeeping) share a row, ordered by seed."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for run in completed:
-        groups.setdefault((run["data"], run["method"], run["variant"]), []).append(run)
+        groups.setdefault(_row_key(run), []).append(run)
     for runs in groups.values():
         runs.sort(key=lambda r: (_seed_key(r["seed"]), str(r["folder"])))
     return groups
@@ -400,7 +400,12 @@ def _row(key: tuple[str, str, str], runs: list[dict]) -> dict:
 def summarise(completed) -> list[dict]:
     """Rows keyed by CSV_COLUMNS, sorted by data, then oracle rows last, method, variant."""
     rows = [_row(key, runs) for key, runs in group_runs(completed).items()]
-    return sorted(rows, key=lambda r: (r["data"], r["oracle"], r["method"], r["variant"]))
+    return sorted(rows, key=_row_order)
+
+
+def _row_order(row: dict) -> tuple:
+    """Table order: by data, then oracle rows last, then method and variant."""
+    return row["data"], row["oracle"], row["method"], row["variant"]
 
 
 def consistency_notes(completed) -> list[str]:
@@ -479,7 +484,7 @@ def merge_carried(rows: list[dict], carried: list[dict]) -> list[dict]:
         if _row_key(row) not in have:
             have.add(_row_key(row))
             kept.append(row)
-    return sorted(kept, key=lambda r: (r["data"], r["oracle"], r["method"], r["variant"]))
+    return sorted(kept, key=_row_order)
 
 
 # ------------------------------------------------------------------------------ archive
