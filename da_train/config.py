@@ -63,6 +63,10 @@ class OptimConfig:
     schedule: str = "dann"
     anneal_alpha: float = 10.0
     anneal_beta: float = 0.75
+    # schedule=step: lr x step_factor every step_every steps (CDAN's digit code: 0.5 every 5 or
+    # 6 epochs); 0 means "no step" and is refused when schedule=step
+    step_every: int = 0
+    step_factor: float = 0.5
     # learning rate of pretrained backbone layers relative to lr (the usual 0.1x of DA papers)
     pretrained_lr_mult: float = 0.1
 
@@ -156,7 +160,9 @@ RULES: dict[str, Rule] = {
     "optim.betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
                     "two numbers in [0, 1), e.g. [0.9,0.999]"),
     "optim.weight_decay": NONNEG,
-    "optim.schedule": one_of("dann", "constant"),
+    "optim.schedule": one_of("dann", "constant", "step"),
+    "optim.step_every": WHOLE_NONNEG,
+    "optim.step_factor": (lambda v: 0 < v <= 1, "a number in (0, 1], e.g. 0.5"),
     "optim.anneal_alpha": NONNEG,
     "optim.anneal_beta": NONNEG,
     "optim.pretrained_lr_mult": (lambda v: v >= 0, "a number >= 0 (0.1: the usual 0.1x)"),
@@ -186,3 +192,10 @@ def validate(cfg: DictConfig) -> None:
                 f"Invalid config value {key}={value!r}: it must be {allowed}. "
                 f"Fix it on the command line, e.g. `da-train {key}=<value>`."
             )
+    if OmegaConf.select(cfg, "optim.schedule") == "step" and not OmegaConf.select(
+            cfg, "optim.step_every"):
+        raise ConfigError(
+            "optim.schedule=step multiplies the lr by optim.step_factor every optim.step_every "
+            "steps, but optim.step_every is 0. Give it the steps between cuts, e.g. "
+            "`da-train optim.schedule=step optim.step_every=4690` (5 epochs of 938 steps)."
+        )

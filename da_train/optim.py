@@ -52,11 +52,15 @@ def build_optimizer(params, settings: dict) -> torch.optim.Optimizer:
 def lr_factor(settings: dict, steps: int):
     """Multiplier of the base lr at step ``t`` of a phase of ``steps`` steps.
 
-    ``dann``: ``1 / (1 + alpha p)^beta`` with ``p = t / steps`` (DANN paper); ``constant``: 1.
-    The base lr lives in the optimiser, so the factor is never applied twice.
+    ``dann``: ``1 / (1 + alpha p)^beta`` with ``p = t / steps`` (DANN paper); ``constant``: 1;
+    ``step``: ``step_factor ** (t // step_every)`` (CDAN's digit code halves the lr every 5 or
+    6 epochs). The base lr lives in the optimiser, so the factor is never applied twice.
     """
     if settings["schedule"] == "constant":
         return lambda t: 1.0
+    if settings["schedule"] == "step":
+        every, factor = settings["step_every"], settings["step_factor"]
+        return lambda t: factor ** (t // every)
     alpha, beta = settings["anneal_alpha"], settings["anneal_beta"]
     return lambda t: 1.0 / (1.0 + alpha * t / steps) ** beta
 

@@ -50,6 +50,12 @@ def test_range_validation_names_key(override, key):
         validate(compose_config([override]))
 
 
+def test_step_schedule_without_a_step_length_says_which_key_to_set():
+    with pytest.raises(ConfigError, match=r"optim.step_every is 0.*optim.step_every=4690"):
+        validate(compose_config(["optim.schedule=step"]))
+    validate(compose_config(["optim.schedule=step", "optim.step_every=4690"]))
+
+
 def test_main_command_is_the_dann_preset_with_instance_input_and_20000_steps():
     """The README's main command is the configuration whose 5 seeds docs/results.md reports
     as `experiment=dann_mnist_mnistm data.normalize=instance trainer.steps=20000`."""

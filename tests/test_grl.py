@@ -32,6 +32,11 @@ def test_dann_lr_annealing_values():
     assert f(500) == pytest.approx(6 ** -0.75)
 
 
+def test_step_schedule_cuts_the_lr_every_step_every_steps():
+    f = lr_factor({"schedule": "step", "step_every": 100, "step_factor": 0.5}, 1000)
+    assert [f(t) for t in (0, 99, 100, 199, 200, 950)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.5 ** 9]
+
+
 def test_constant_schedule_is_flat():
     f = lr_factor({"schedule": "constant"}, 1000)
     assert f(0) == f(999) == 1.0
