@@ -63,14 +63,19 @@ def test_usps_pairs_include_cdan_e_on_the_full_training_sets(commands):
         runs = [line for line in commands(pair, METHODS="cdan") if line.startswith("da-train")]
         [full] = [line for line in runs if f"cdan_{pair}_cdane_full" in line]
         assert "method.entropy=true data.source.limit=0 data.target.limit=0" in full
-        assert len(runs) == 2  # the preset and its full-set CDAN+E variant
+        [code] = [line for line in runs if f"cdan_{pair}_cdane_code" in line]
+        epochs = 5 if pair == "mnist_usps" else 6  # the CDAN code halves the lr this often
+        assert "optim.schedule=step" in code and f"optim.step_every={epochs * 937} " in code
+        assert "trainer.steps=46850 " in code and "method.max_dim=5120 " in code
+        assert len(runs) == 3  # the preset, its full-set CDAN+E and the code's protocol
 
 
 def test_methods_and_out_choose_the_presets_and_the_folder(commands):
     lines = commands("usps_mnist", "mnist_usps", METHODS="source_only dann", OUT="outputs/results")
     runs = [line for line in lines if line.startswith("da-train")]
-    assert sorted(r.split()[2] for r in runs) == [
-        "experiment=dann_mnist_usps", "experiment=dann_usps_mnist",
+    assert sorted(r.split()[2] for r in runs) == [  # DANN twice: its instance-input variant
+        "experiment=dann_mnist_usps", "experiment=dann_mnist_usps",
+        "experiment=dann_usps_mnist", "experiment=dann_usps_mnist",
         "experiment=source_only_mnist_usps", "experiment=source_only_mnist_usps",
         "experiment=source_only_usps_mnist", "experiment=source_only_usps_mnist"]
     full = [r for r in runs if "_full" in r]  # source-only on the full sets: CDAN+E's reference
