@@ -197,5 +197,5 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "optim.schedule=step multiplies the lr by optim.step_factor every optim.step_every "
             "steps, but optim.step_every is 0. Give it the steps between cuts, e.g. "
-            "`da-train optim.schedule=step optim.step_every=4690` (5 epochs of 938 steps)."
+            "`da-train optim.schedule=step optim.step_every=4685` (5 epochs of 937 steps)."
         )

@@ -51,9 +51,9 @@ def test_range_validation_names_key(override, key):
 
 
 def test_step_schedule_without_a_step_length_says_which_key_to_set():
-    with pytest.raises(ConfigError, match=r"optim.step_every is 0.*optim.step_every=4690"):
+    with pytest.raises(ConfigError, match=r"optim.step_every is 0.*optim.step_every=4685"):
         validate(compose_config(["optim.schedule=step"]))
-    validate(compose_config(["optim.schedule=step", "optim.step_every=4690"]))
+    validate(compose_config(["optim.schedule=step", "optim.step_every=4685"]))
 
 
 def test_main_command_is_the_dann_preset_with_instance_input_and_20000_steps():
