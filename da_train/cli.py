@@ -15,13 +15,14 @@ Every job writes ``status.json`` (running / completed / failed / interrupted).
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import importlib
 import logging
 import os
+import shlex
 import shutil
+import signal
 import sys
+import textwrap
 import traceback
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -34,11 +35,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import sweeps
-from .config import Config, ConfigError, override_key, register_schema, validate
+from .config import register_schema, validate
+from .config_walk import check_added_keys, check_override_keys
 from .data import DataError, load_pair
-from .data.schemas import SCHEMAS as DATA_SCHEMAS
-from .methods import METHODS, build_method
-from .models import build_backbone
+from .data.pairs import PAIRS, data_records
+from .errors import ConfigError, override_key
+from .methods import CHOICES, build_method, core_of
+from .models import BACKBONES, build_backbone
 from .runtime import (
     flatten,
     pick_device,
@@ -48,8 +51,21 @@ from .runtime import (
 )
 from .trainer import CHECKPOINT, NonFiniteLossError, RunInterrupted, Trainer
 
+
+def help_choices(group: str) -> str:
+    """The choices of a config group for ``--help`` (resolver ``da_choices``), from the
+    registries (methods, data pairs, backbones) or, for other groups, the conf folder; wrapped
+    with the 12-space indent of the help's group lists."""
+    registries = {"method": list(CHOICES), "data": list(PAIRS), "backbone": list(BACKBONES)}
+    names = registries.get(group) or sorted(
+        p.stem for p in (Path(__file__).parent / "conf" / group).glob("*.yaml"))
+    return textwrap.fill(", ".join(names), width=92, initial_indent=" " * 12,
+                         subsequent_indent=" " * 12, break_on_hyphens=False).lstrip()
+
+
 register_schema()
 sweeps.register()
+OmegaConf.register_new_resolver("da_choices", help_choices, replace=True)
 log = logging.getLogger("da_train.cli")
 
 # Only errors a user can fix are shortened to one message; a bug keeps its stack trace.
@@ -58,6 +74,9 @@ USER_ERRORS = (ConfigError, DataError, NonFiniteLossError)
 # What happened in this process: lets main() tell Hydra's own rejections (before any job
 # started) from failures inside jobs, and report a sweep's failed jobs at the end.
 _STATE: dict = {"jobs_started": 0, "failed": []}
+
+#: Environment variable: the process id of the da-train command (sweep jobs compare theirs).
+MAIN_PID_ENV = "DA_TRAIN_MAIN_PID"
 
 #: Keys a resumed run may change (where it runs, not what it computes).
 RESUME_MAY_CHANGE = ("trainer.device", "trainer.resume", "trainer.log_every",
@@ -117,85 +136,11 @@ def _discard_if_empty(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
-# ---------------------------------------------------------------------------- known keys
-#: Config groups (key=choice), not keys.
-GROUPS = ("method", "data", "backbone", "optim", "trainer", "experiment")
-
-
-def _choice_schemas() -> dict[str, list[type]]:
-    """The schemas a group typed ``Any`` can take: every method's, data family's, backbone's."""
-    from .models import BACKBONE_SCHEMAS
-
-    return {"method": [m.Config for m in METHODS.values()],
-            "data": list(DATA_SCHEMAS.values()), "backbone": list(BACKBONE_SCHEMAS.values())}
-
-
-def _schema_keys(node, prefix: str = "") -> set[str]:
-    """Dotted keys of a schema dataclass; a group typed Any gets the keys of all its schemas."""
-    keys = set()
-    choices = _choice_schemas() if not prefix else {}
-    for f in dataclasses.fields(node):
-        key = f"{prefix}{f.name}"
-        inner = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        if key in choices:
-            for schema in choices[key]:
-                keys |= _schema_keys(schema, f"{key}.")
-        elif dataclasses.is_dataclass(inner):
-            keys |= _schema_keys(type(inner), f"{key}.")
-        else:
-            keys.add(key)
-    return keys
-
-
-def _unknown_key_message(text: str, key: str, known) -> str:
-    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
-    hint = f"Did you mean {close[0]}? " if close else ""
-    return (f"unknown config key in `{text}`: no schema has {key}, so the value would be "
-            f"ignored. {hint}`da-train --cfg job` prints every key with its value "
-            "(`da-train method=<name> --cfg job` for a method's own keys); `da-train --help` "
-            "lists the groups.")
-
-
-def check_override_keys(overrides: list[str]) -> None:
-    """Reject command-line keys no schema knows, with or without ``+`` (Hydra would only
-    reject those without, and then advise adding ``+``, which silently adds a stray key)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException:
-        return  # Hydra reports the syntax error itself
-    known = _schema_keys(Config)
-    for override in parsed:
-        key = override.key_or_group
-        if override.is_delete() or key.startswith("hydra") or key in GROUPS \
-                or key in known or any(key.startswith(k + ".") for k in known):
-            continue
-        raise ConfigError(_unknown_key_message(override.input_line, key, known))
-
-
-def _check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
-    """``+method.kernel=...`` with a method that has no kernel (or a data/backbone key the
-    chosen family lacks): the chosen schema decides (check_override_keys only knew the keys
-    of all methods, data families and backbones together)."""
-    for text in overrides:
-        key = override_key(text)
-        group = key.split(".", 1)[0]
-        if not text.startswith("+") or group not in ("method", "data", "backbone"):
-            continue
-        schema = OmegaConf.get_type(cfg[group])
-        if not dataclasses.is_dataclass(schema):
-            continue
-        own = _schema_keys(schema, f"{group}.")
-        if key not in own:
-            raise ConfigError(_unknown_key_message(text, key, own))
-
-
 # ---------------------------------------------------------------------------- one run
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Train (or continue) one run described by ``cfg`` into ``run_dir``; returns results."""
     validate(cfg)
-    _check_added_keys(cfg, overrides)
+    check_added_keys(cfg, overrides)
     target = _resume_target(cfg, run_dir)
     if target is None and sweeps.job_state(run_dir) == "resumable":
         target = run_dir  # this folder's job was interrupted or killed: continue it
@@ -207,16 +152,35 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         run_dir, overrides = target, _saved_overrides(target, overrides)
     device = pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
-    if cfg.method.name not in METHODS:
-        raise ConfigError(f"Unknown method {cfg.method.name!r}; choices: {', '.join(METHODS)}.")
-    data = load_pair(cfg.data, with_target_labels=METHODS[cfg.method.name].needs_target_labels)
+    if cfg.method.name not in CHOICES:
+        raise ConfigError(f"Unknown method {cfg.method.name!r}; choices: {', '.join(CHOICES)}.")
+    _write_resolved_config(cfg, run_dir)
+    # the pair arrives with its source validation split held out (seeded by cfg.seed)
+    data = load_pair(cfg.data, with_target_labels=core_of(cfg.method.name).needs_target_labels,
+                     seed=cfg.seed)
     backbone = build_backbone(cfg.backbone, data.num_classes, data.input_shape)
-    method = build_method(cfg.method, backbone)
+    method = build_method(cfg.method, backbone, data.num_classes)
     trainer = Trainer(cfg, method, data, run_dir, device, overrides)
     if target is not None:
         trainer.load_checkpoint(target / CHECKPOINT)
         print(f"da-train: resuming {target} at step {trainer.step}", file=sys.stderr)
     return trainer.fit()
+
+
+#: Next to Hydra's .hydra/config.yaml (which keeps ${oc.env:DA_DATA_ROOT,data} and null
+#: cache roots as written): the config as the run used it, every folder absolute.
+RESOLVED_CONFIG = "config_resolved.yaml"
+
+
+def _write_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
+    """``<run>/.hydra/config_resolved.yaml``: the config with interpolations resolved and the
+    data and cache folders as absolute paths (what results.json ``data_roots`` records)."""
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key, value in data_records(cfg.data)["data_roots"].items():
+        OmegaConf.update(resolved, key, value, force_add=True)
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(resolved))
 
 
 def _remove_empty_parents(run_dir: Path) -> None:
@@ -270,6 +234,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return _record_objective(cfg, results)
     except RunInterrupted as err:
         print(f"da-train: {err}", file=sys.stderr)
+        if multirun:
+            sweep_dir = sweeps.SUMMARY.get("sweep_dir") or hc.sweep.dir
+            print(f"da-train: {sweeps.interrupt_advice(sweep_dir, err.run_dir)}", file=sys.stderr)
+            if os.environ.get(MAIN_PID_ENV, str(os.getpid())) != str(os.getpid()):
+                # a job in its own process (submitit, joblib): end it normally; status.json
+                # says "interrupted" and the sweep's own process reports it and exits 128+signal
+                return None
         sys.exit(err.exit_code)
     except USER_ERRORS as err:
         _record_failure(run_dir, err, discard=not multirun)
@@ -357,7 +328,8 @@ def _precheck(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def _print_failures() -> None:
+def _print_failures(exit_code: int | None = 2) -> None:
+    """List the sweep's failed jobs; exit with ``exit_code`` when there were any."""
     failed = sweeps.SUMMARY["failed"] if sweeps.SUMMARY["ran"] else _STATE["failed"]
     jobs = sweeps.SUMMARY["jobs"] if sweeps.SUMMARY["ran"] else _STATE["jobs_started"]
     if not failed:
@@ -366,7 +338,22 @@ def _print_failures() -> None:
     for run_dir, err in failed:
         text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
         print(f"  {run_dir}: {text}", file=sys.stderr)
-    sys.exit(2)
+    if exit_code is not None:
+        sys.exit(exit_code)
+
+
+def _report_interrupted(sweep_dir) -> int:
+    """Name each interrupted job of a sweep and how to continue; the exit code 128 + signal
+    (143 for SIGTERM, 130 for SIGINT), as for an interrupted single run."""
+    code = 143
+    for folder, status in sweeps.SUMMARY["interrupted"]:
+        name = status.get("signal") or "SIGTERM"
+        code = 128 + getattr(signal.Signals, name, signal.SIGTERM).value
+        print(f"da-train: job {folder} was stopped by {name} at step {status.get('step', '?')} "
+              "after saving a checkpoint.", file=sys.stderr)
+    first = sweeps.SUMMARY["interrupted"][0][0] if sweeps.SUMMARY["interrupted"] else "<job>"
+    print(f"da-train: {sweeps.interrupt_advice(sweep_dir, first)}", file=sys.stderr)
+    return code
 
 
 def main() -> None:
@@ -376,11 +363,18 @@ def main() -> None:
     _precheck(sys.argv[1:])
     _STATE["full_error"] = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # inherited by the launchers' workers: the sweep's command line (to print how to continue
+    # it) and which process started it
+    os.environ[sweeps.COMMAND_ENV] = shlex.join(sys.argv[1:])
+    os.environ[MAIN_PID_ENV] = str(os.getpid())
     try:
         _hydra_main()
     except KeyboardInterrupt:
         print("da-train: interrupted before training started; nothing to save.", file=sys.stderr)
         sys.exit(130)
+    except sweeps.SweepInterrupted as err:
+        _print_failures(exit_code=None)
+        sys.exit(_report_interrupted(err.sweep_dir))
     except Exception as err:
         if _STATE["full_error"] or _STATE["jobs_started"] or sweeps.SUMMARY["jobs"]:
             raise  # a bug inside a job: keep the stack trace (exit 1)

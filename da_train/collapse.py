@@ -32,12 +32,6 @@ LOSS_CLS = "train/loss_cls"
 FEATURE_NORM = "train/feature_norm"
 
 
-def _num_classes(classifier: nn.Module) -> int | None:
-    """Output width of the label head's last linear layer (None if it has none)."""
-    linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features if linears else None
-
-
 class CollapseDetector:
     """Watches a method's training for collapse; see the module docstring.
 
@@ -54,7 +48,7 @@ class CollapseDetector:
                  high_source_acc: float | None = None, dead_share: float = 0.0,
                  norm_growth: float = 100.0):
         classifier = method.backbone.classifier
-        k = _num_classes(classifier)
+        k = getattr(method, "num_classes", None)  # the Method is told it
         self.chance = 1.0 / k if k else 0.0
         self.warn_source_acc = (self.chance + 0.1 * (1 - self.chance)
                                 if warn_source_acc is None else warn_source_acc)

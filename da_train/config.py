@@ -4,55 +4,46 @@ Hydra merges the YAML files of ``conf/`` onto these dataclasses, so a wrong type
 (``trainer.steps=abc``) or a misspelt key (``trainer.step=5``) fails before training starts,
 naming the key. A method's schema is not here: it lives in the method's own module
 (``da_train/methods/<name>.py``, a dataclass with its defaults and ``rules``), and
-:func:`register_schema` registers every discovered method as ``method_schema/<name>``; the
+:func:`register_schema` registers every method and preset as ``method_schema/<name>``; the
 top-level ``conf/config.yaml`` attaches the chosen method's schema under ``method``. Range
-checks that types cannot express are ``rules``: ``{key: (check, allowed-text)}``, checked by
-:func:`validate`.
+checks that types cannot express are ``rules``: ``{key: (check, allowed-text)}``, checked once,
+by :func:`validate`. Imports flow one way: this module gathers the registries (methods,
+models, data schemas, regularisers, validators); none of them imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+from .data.schemas import DATA_RULES, SCHEMAS
+from .errors import (  # noqa: F401  (re-exported for user code written against 0.1)
+    BETA,
+    NONNEG,
+    POSITIVE,
+    PROBABILITY,
+    WHOLE_NONNEG,
+    WHOLE_POSITIVE,
+    ConfigError,
+    Rule,
+    one_of,
+    override_key,
+)
+from .methods import CHOICES, core_of, renamed_keys
+from .methods.base import MethodConfig  # noqa: F401  (re-exported)
+from .models import BACKBONE_SCHEMAS
+from .regularizers import REGULARIZERS, build_regularizers
+from .selection import DIRECTIONS
 
-class ConfigError(ValueError):
-    """A config value is impossible; the message names the key, the value and the fix."""
-
-
-def override_key(override: str) -> str:
-    """The config key of a command-line override: ``+trainer.steps=5`` -> ``trainer.steps``."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-# ---------------------------------------------------------------------------- rules
-Rule = tuple[Callable[[Any], bool], str]
-
-POSITIVE: Rule = (lambda v: v > 0, "a number > 0")
-NONNEG: Rule = (lambda v: v >= 0, "a number >= 0")
-PROBABILITY: Rule = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
-BETA: Rule = (lambda v: 0 <= v < 1, "a number in [0, 1)")
-
-
-def one_of(*choices: str) -> Rule:
-    """The value must be one of ``choices``."""
-    return (lambda v: v in choices, " or ".join(choices))
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- schemas
-@dataclass
-class MethodConfig:
-    """Base of every method's schema: ``name`` is the method's module name (set when the
-    schema is registered). Subclasses add fields with defaults and ``rules`` for them."""
-
-    name: str = MISSING
-    rules: ClassVar[dict[str, Rule]] = {}
-
-
 @dataclass
 class OptimConfig:
     type: str = "sgd"
@@ -116,26 +107,59 @@ class Config:
     reg: dict[str, Any] = field(default_factory=dict)
 
 
-def register_schema() -> None:
-    """Put the top-level schema and the schemas of every method, data family and backbone into
-    Hydra's store (``method_schema/<name>``, ``data_schema/<name>``, ``backbone_schema/<name>``)."""
-    from .data.schemas import SCHEMAS
-    from .methods import METHODS
-    from .models import BACKBONE_SCHEMAS
+def method_schema(name: str):
+    """The schema of ``method=name``: its core method's dataclass (a preset has its core's),
+    plus an optional field for each key renamed in this release (see :func:`migrate`)."""
+    schema = core_of(name).Config
+    old = [key for key in renamed_keys(name) if key not in
+           {f.name for f in dataclasses.fields(schema)}]
+    if old:
+        schema = dataclasses.make_dataclass(
+            schema.__name__, [(key, Optional[Any], None) for key in old], bases=(schema,))
+    return schema(name=name, core=CHOICES[name])
 
+
+def register_schema() -> None:
+    """Put the top-level schema and the schemas of every method and preset, regulariser, data
+    family and backbone into Hydra's store (``method_schema/<name>``, ``reg_schema/<name>``,
+    ``data_schema/<name>``, ``backbone_schema/<name>``)."""
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
-    for name, method in METHODS.items():
-        store.store(group="method_schema", name=name, node=method.Config(name=name))
+    for name in CHOICES:
+        store.store(group="method_schema", name=name, node=method_schema(name))
+    for name, (schema, _, _) in REGULARIZERS.items():
+        store.store(group="reg_schema", name=name, node=schema)
     for name, schema in SCHEMAS.items():
         store.store(group="data_schema", name=name, node=schema)
     for name, schema in BACKBONE_SCHEMAS.items():
         store.store(group="backbone_schema", name=name, node=schema)
 
 
+def migrate(cfg: DictConfig) -> list[str]:
+    """Move values given under a key renamed in this release to its new key (in place) and
+    return one deprecation line per key moved (the old name wins when both are given)."""
+    lines = []
+    name = OmegaConf.select(cfg, "method.name")
+    with open_dict(cfg):
+        for old, new in renamed_keys(name).items():
+            value = OmegaConf.select(cfg, f"method.{old}")
+            if value is None:
+                continue
+            lines.append(f"method.{old} is deprecated: it is now method.{new} (moved the value "
+                         f"{value!r} there); the old name works until da-train 0.3.")
+            OmegaConf.update(cfg, f"method.{new}", value, merge=True)
+            cfg.method[old] = None
+        ramp = OmegaConf.select(cfg, "method.ramp")
+        if ramp in (True, False, "True", "False", "true", "false"):
+            new = "sigmoid" if ramp in (True, "True", "true") else "none"
+            lines.append(f"method.ramp={ramp} is deprecated: write method.ramp={new} (ramp is "
+                         "none or sigmoid, like the regularisers'); the old value works until "
+                         "da-train 0.3.")
+            cfg.method.ramp = new
+    return lines
+
+
 # ---------------------------------------------------------------------------- ranges
-WHOLE_POSITIVE: Rule = (lambda v: v > 0, "a whole number > 0")
-WHOLE_NONNEG: Rule = (lambda v: v >= 0, "a whole number >= 0")
 
 RULES: dict[str, Rule] = {
     "seed": WHOLE_NONNEG,
@@ -171,11 +195,8 @@ RULES: dict[str, Rule] = {
 
 def all_rules(cfg: DictConfig) -> dict[str, Rule]:
     """The general rules, the data families' and those of the chosen method."""
-    from .data.schemas import DATA_RULES
-    from .methods import METHODS
-    from .selection import DIRECTIONS
-
-    method = METHODS.get(OmegaConf.select(cfg, "method.name"))
+    name = OmegaConf.select(cfg, "method.name")
+    method = core_of(name) if name in CHOICES else None
     extra = {f"method.{k}": r for k, r in method.Config.rules.items()} if method else {}
     objectives = ("source_acc", *DIRECTIONS, "target_acc")
     extra["objective"] = (lambda v: v in objectives, " or ".join(objectives) + " (target_acc "
@@ -184,7 +205,10 @@ def all_rules(cfg: DictConfig) -> dict[str, Rule]:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check ranges the schema's types cannot express; raise ConfigError on the first bad one."""
+    """Move renamed keys to their new names (one warning line each), then check ranges the
+    schema's types cannot express; raise ConfigError on the first bad one."""
+    for line in migrate(cfg):
+        log.warning(line)
     for key, (ok, allowed) in all_rules(cfg).items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not ok(value):
@@ -192,6 +216,8 @@ def validate(cfg: DictConfig) -> None:
                 f"Invalid config value {key}={value!r}: it must be {allowed}. "
                 f"Fix it on the command line, e.g. `da-train {key}=<value>`."
             )
+    build_regularizers(OmegaConf.select(cfg, "method.reg", default=None), "method.reg")
+    build_regularizers(OmegaConf.select(cfg, "reg", default=None), "reg")
     if OmegaConf.select(cfg, "optim.schedule") == "step" and not OmegaConf.select(
             cfg, "optim.step_every"):
         raise ConfigError(

@@ -18,7 +18,7 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
-from .config import ConfigError
+from .errors import ConfigError
 from .optim import mark_pretrained
 
 
@@ -31,8 +31,10 @@ def _flat_dim(module: nn.Module, input_shape: tuple[int, ...]) -> int:
 def _channels(name: str, input_shape: tuple[int, ...]) -> int:
     """Conv backbones need images; say so instead of failing inside a conv layer."""
     if len(input_shape) != 3:
+        hint = "backbone=cnn1d for C x L signals" if len(input_shape) == 2 else \
+            "backbone=mlp for vector data"
         raise ConfigError(f"Backbone {name!r} needs image inputs (C, H, W), got input shape "
-                          f"{tuple(input_shape)}; use backbone=mlp for vector data.")
+                          f"{tuple(input_shape)}; use {hint}.")
     return input_shape[0]
 
 
@@ -239,5 +241,61 @@ def _check_digit_input(name: str, input_shape: tuple[int, ...]) -> None:
     if max(input_shape[1:]) > DIGIT_MAX_SIDE:
         raise ConfigError(f"Backbone {name!r} is a digit network for images up to "
                           f"{DIGIT_MAX_SIDE}x{DIGIT_MAX_SIDE}; the data gives "
-                          f"{input_shape[1]}x{input_shape[2]} images. Use backbone=resnet18 or "
-                          "resnet50 for photos.")
+                          f"{input_shape[1]}x{input_shape[2]} images. For small images (digits "
+                          "saved as files) set data.image_size (e.g. data.image_size=32); for "
+                          "photos use backbone=resnet18 or resnet50 (offline, without the "
+                          "ImageNet weights cached, add backbone.pretrained=false).")
+
+
+# ---------------------------------------------------------------------------- dirtt_digits
+class GaussianNoise(nn.Module):
+    """Adds ``N(0, std^2)`` noise in training mode (identity in evaluation)."""
+
+    def __init__(self, std: float = 1.0):
+        super().__init__()
+        self.std = std
+
+    def forward(self, x):
+        return x + self.std * torch.randn_like(x) if self.training and self.std > 0 else x
+
+
+class DirttDigits(nn.Module):
+    """The "small" digit network of VADA / DIRT-T (Shu et al., ICLR 2018, appendix table of
+    architectures), reconstructed from the paper's description:
+
+    instance normalisation of the input (per image and channel, no learned scale);
+    [conv3x3 64 - BatchNorm - LeakyReLU(0.1)] x 3, max-pool 2, dropout 0.5, Gaussian noise
+    (std 1, training only); the same block again; [conv3x3 64 - BN - LeakyReLU] x 3; global
+    average pool -> 64 features; label head FC k. Convolutions are padded ("same"), so any
+    input of at least 4x4 works (3x32x32 as the paper, 1x28x28 for the USPS pairs); the
+    width is found from ``input_shape`` like the other backbones'.
+
+    BatchNorm sits in the feature extractor: methods that run the source and target batches
+    through it in one pass (DANN-style) share its statistics across domains.
+    """
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int] = (3, 32, 32)):
+        super().__init__()
+        _check_digit_input("dirtt_digits", tuple(input_shape))
+        channels = input_shape[0]
+
+        def convs(in_ch: int) -> list[nn.Module]:
+            layers: list[nn.Module] = []
+            for i in range(3):
+                layers += [nn.Conv2d(in_ch if i == 0 else 64, 64, 3, padding=1),
+                           nn.BatchNorm2d(64), nn.LeakyReLU(0.1)]
+            return layers
+
+        self.features = nn.Sequential(
+            nn.InstanceNorm2d(channels, affine=False),
+            *convs(channels), nn.MaxPool2d(2), nn.Dropout(0.5), GaussianNoise(1.0),
+            *convs(64), nn.MaxPool2d(2), nn.Dropout(0.5), GaussianNoise(1.0),
+            *convs(64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.feature_dim = _flat_dim(self.features.eval(), input_shape)
+        self.features.train()
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+
+BACKBONES["dirtt_digits"] = DirttDigits
+BACKBONE_SCHEMAS["dirtt_digits"] = BackboneConfig

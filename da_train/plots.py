@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runfiles import EMBEDDINGS, METRICS, RESULTS
+
 INSTALL_HINT = 'pip install "da-train[plots]"'
 DPI = 100
 FIG_SIZES = {"curves": (12.0, 6.0), "confusion": (6.0, 5.0), "embeddings": (10.0, 9.0)}
@@ -77,7 +79,7 @@ def read_curves(run_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     A resumed run can log a step twice; the last value of a step wins. Unparseable lines
     (a run killed mid-write) are skipped.
     """
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     if not path.is_file():
         return {}
     series: dict[str, dict[int, float]] = {name: {} for name in CURVE_TAGS}
@@ -308,7 +310,7 @@ def _class_panel(ax, points: dict, source_labels, target_labels) -> None:
 # ------------------------------------------------------------------------ entry points
 def _results(run_dir) -> dict:
     try:
-        data = json.loads((Path(run_dir) / "results.json").read_text())
+        data = json.loads((Path(run_dir) / RESULTS).read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -332,9 +334,9 @@ def run_figures(run_dir, confusion=None, class_names=None, embed_method: str = "
     if confusion is not None:
         figures["figures/target_confusion"] = confusion_figure(_numpy(confusion),
                                                                class_names)[0]
-    if (run_dir / "embeddings.npz").is_file():
+    if (run_dir / EMBEDDINGS).is_file():
         figures["figures/features"] = embeddings_figure(
-            load_embeddings(run_dir / "embeddings.npz"), embed_method,
+            load_embeddings(run_dir / EMBEDDINGS), embed_method,
             "Source and target test features")[0]
     return figures
 
@@ -346,20 +348,35 @@ def figure_to_array(fig) -> np.ndarray:
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
+def short_labels(keys) -> tuple[dict[tuple[str, str], str], str]:
+    """Labels that tell ``(method, variant)`` configurations apart without repeating what
+    they all share: the method plus the overrides not common to every key (e.g.
+    ``dann [method.lam=0.3]`` in a lambda sweep), and the common overrides, once, for a
+    caption. Why: a sweep's variants repeat the same preset and step count in every row and
+    legend entry, which buries the one key that differs. Used for legends and titles here and
+    for the ``picked`` column of ``da-report --selection``."""
+    keys = list(keys)
+    tokens = {key: set(key[1].split()) for key in keys}
+    common = set.intersection(*tokens.values()) if keys else set()
+    labels = {}
+    for key in keys:
+        rest = " ".join(sorted(tokens[key] - common))
+        labels[key] = key[0] + (f" [{rest}]" if rest else "")
+    return labels, " ".join(sorted(common))
+
+
 def _slug(text: str) -> str:
     """A file-name-safe version of a label."""
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120] or "run"
 
 
 def write_figures(completed: list[dict], out_dir, embed_method: str = "tsne") -> list[Path]:
-    """The PNGs of ``da-report --plots DIR`` for completed runs (report.py's run dicts).
+    """The PNGs of ``da-report --plots DIR`` for completed runs (da_train.report's run dicts).
 
     Per data pair: ``curves_<data>.png`` (one line and band per method/variant). Per
     configuration, for its first seed: ``confusion_<data>_<config>.png`` and, when the run
     saved embeddings.npz, ``features_<data>_<config>.png``.
     """
-    from .report import short_labels
-
     require_matplotlib()
     out_dir = Path(out_dir)
     by_data: dict[str, dict[tuple[str, str], list[dict]]] = {}
@@ -389,7 +406,7 @@ def _run_pngs(run: dict, data: str, label: str, context: str, out_dir: Path,
         fig, _ = confusion_figure(results["target_confusion"], results.get("class_names"),
                                   f"Target confusion: {where}")
         written.append(save_png(fig, out_dir / f"confusion_{name}.png"))
-    npz = Path(run["folder"]) / "embeddings.npz"
+    npz = Path(run["folder"]) / EMBEDDINGS
     if npz.is_file():
         fig, _ = embeddings_figure(load_embeddings(npz), embed_method, f"Features: {where}")
         written.append(save_png(fig, out_dir / f"features_{name}.png"))

@@ -34,7 +34,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError
+from .errors import ConfigError
 from .losses import mean_entropy, pseudo_label_loss, pseudo_label_quality, sigmoid_ramp
 from .losses.bnm import bnm_loss
 from .losses.mcc import mcc_loss
@@ -76,39 +76,41 @@ class PlConfig(RegConfig):
     start: float = 0.3
 
 
-def _entropy(cfg, ctx) -> tuple[torch.Tensor, dict]:
+# Each term returns (parts, logs): parts are (value, final weight) pairs, added to the loss one
+# by one, each weight following the regulariser's ramp and start.
+def _entropy(cfg, ctx):
     value = mean_entropy(ctx.target_logits())
-    return value, {"entropy": value.detach()}
+    return [(value, cfg.weight)], {"entropy": value.detach()}
 
 
-def _vat(cfg, ctx) -> tuple[torch.Tensor, dict]:
-    """Target VAT, plus source VAT weighted ``source_weight / weight`` (so that the term times
-    ``weight`` is VADA's ``tw L_t + sw L_s``; both follow the same ramp)."""
+def _vat(cfg, ctx):
+    """Target VAT (weight ``weight``) and, with ``source_weight`` > 0, source VAT (weight
+    ``source_weight``, on the same ramp): VADA's ``tw L_t + sw L_s``."""
     method, batch = ctx.method, ctx.batch
     value = vat_loss(method.predict_target, batch.xt, ctx.target_logits(), cfg.eps, cfg.xi,
                      cfg.iterations)
-    logs = {"loss_vat_target": value.detach()}
-    if cfg.source_weight > 0 and cfg.weight > 0:
+    parts, logs = [(value, cfg.weight)], {"loss_vat_target": value.detach()}
+    if cfg.source_weight > 0 and cfg.weight > 0 and batch.xs is not None:
         loss_s = vat_loss(method.predict, batch.xs, ctx.source_logits(), cfg.eps, cfg.xi,
                           cfg.iterations)
         logs["loss_vat_source"] = loss_s.detach()
-        value = value + (cfg.source_weight / cfg.weight) * loss_s
-    return value, logs
+        parts.append((loss_s, cfg.source_weight))
+    return parts, logs
 
 
-def _mcc(cfg, ctx) -> tuple[torch.Tensor, dict]:
+def _mcc(cfg, ctx):
     value = mcc_loss(ctx.target_logits(), cfg.temperature)
-    return value, {"loss_mcc": value.detach()}
+    return [(value, cfg.weight)], {"loss_mcc": value.detach()}
 
 
-def _bnm(cfg, ctx) -> tuple[torch.Tensor, dict]:
+def _bnm(cfg, ctx):
     value = bnm_loss(ctx.target_logits())
-    return value, {"loss_bnm": value.detach()}
+    return [(value, cfg.weight)], {"loss_bnm": value.detach()}
 
 
-def _pl(cfg, ctx) -> tuple[torch.Tensor, dict]:
+def _pl(cfg, ctx):
     value, share = pseudo_label_loss(ctx.target_logits(), cfg.threshold)
-    return value, {"loss_pl": value.detach(), "pl_share": share}
+    return [(value, cfg.weight)], {"loss_pl": value.detach(), "pl_share": share}
 
 
 #: name -> (schema, term function, log key of its current weight)
@@ -135,15 +137,17 @@ class Regularizer:
     name: str
     cfg: object
 
-    def weight(self, progress: float) -> float:
-        """The term's weight at ``progress`` (a Python float: no host sync)."""
+    def weight(self, progress: float, final: float | None = None) -> float:
+        """The weight at ``progress`` of a part whose final weight is ``final`` (default: the
+        term's ``weight``): 0 before ``start``, then the ramp (a Python float: no host sync)."""
+        final = self.cfg.weight if final is None else final
         if progress < self.cfg.start:
             return 0.0
         if self.cfg.ramp == "sigmoid":
-            return sigmoid_ramp(progress, self.cfg.weight, self.cfg.gamma)
-        return self.cfg.weight
+            return sigmoid_ramp(progress, final, self.cfg.gamma)
+        return final
 
-    def term(self, ctx) -> tuple[torch.Tensor, dict]:
+    def term(self, ctx) -> tuple[list, dict]:
         return REGULARIZERS[self.name][1](self.cfg, ctx)
 
 
@@ -165,43 +169,45 @@ class _Context:
         return self._target
 
     def source_logits(self) -> torch.Tensor:
-        if self._source is None:
+        if self._source is None:  # only asked for when the batch has a source part
             self._source = self.method.predict(self.batch.xs)
         return self._source
 
 
-def _error(name: str, detail: str) -> ConfigError:
+def _error(name: str, detail: str, prefix: str = "reg") -> ConfigError:
     return ConfigError(
-        f"Invalid regulariser config reg.{name}: {detail}. Regularisers are chosen with "
+        f"Invalid regulariser config {prefix}.{name}: {detail}. Regularisers are chosen with "
         f"'reg=[name,...]' (choices: {', '.join(REGULARIZERS)}) and tuned with "
-        f"reg.<name>.<key>=<value>, e.g. reg.{name}.weight=0.1.")
+        f"{prefix}.<name>.<key>=<value>, e.g. {prefix}.{name}.weight=0.1.")
 
 
-def _check(name: str, cfg) -> None:
-    """Value rules the schema's types cannot express."""
+def _check(name: str, cfg, prefix: str = "reg") -> None:
+    """Value rules the schema's types cannot express (the one place they are checked)."""
+
     if not (cfg.weight >= 0 and math.isfinite(cfg.weight)):
-        raise _error(name, f"weight={cfg.weight!r} must be a number >= 0")
+        raise _error(name, f"weight={cfg.weight!r} must be a number >= 0", prefix)
     if cfg.ramp not in ("none", "sigmoid"):
-        raise _error(name, f"ramp={cfg.ramp!r} must be none or sigmoid")
+        raise _error(name, f"ramp={cfg.ramp!r} must be none or sigmoid", prefix)
     if not 0 <= cfg.start <= 1:
-        raise _error(name, f"start={cfg.start!r} must be a fraction of training in [0, 1]")
+        raise _error(name, f"start={cfg.start!r} must be a fraction of training in [0, 1]", prefix)
     if cfg.gamma < 0:
-        raise _error(name, f"gamma={cfg.gamma!r} must be >= 0")
+        raise _error(name, f"gamma={cfg.gamma!r} must be >= 0", prefix)
     for key in ("eps", "xi", "temperature"):
         if key in cfg and not cfg[key] > 0:
-            raise _error(name, f"{key}={cfg[key]!r} must be > 0")
+            raise _error(name, f"{key}={cfg[key]!r} must be > 0", prefix)
     if "iterations" in cfg and cfg.iterations < 1:
-        raise _error(name, f"iterations={cfg.iterations!r} must be >= 1")
+        raise _error(name, f"iterations={cfg.iterations!r} must be >= 1", prefix)
     if "source_weight" in cfg and cfg.source_weight < 0:
-        raise _error(name, f"source_weight={cfg.source_weight!r} must be >= 0")
+        raise _error(name, f"source_weight={cfg.source_weight!r} must be >= 0", prefix)
     if "threshold" in cfg and not 0 <= cfg.threshold <= 1:
-        raise _error(name, f"threshold={cfg.threshold!r} must be a probability in [0, 1]")
+        raise _error(name, f"threshold={cfg.threshold!r} must be a probability in [0, 1]", prefix)
 
 
-def build_regularizers(reg_cfg) -> list[Regularizer]:
-    """The regularisers of the ``reg`` config node (name -> settings), in a fixed order (the
+def build_regularizers(reg_cfg, prefix: str = "reg") -> list[Regularizer]:
+    """The regularisers of a ``reg`` config node (name -> settings), in a fixed order (the
     order of the table above, so ``reg=[vat,entropy]`` and ``reg=[entropy,vat]`` give the
-    same run). Unknown names, keys and bad values raise ConfigError."""
+    same run). Unknown names, keys and bad values raise ConfigError naming ``prefix``
+    (``reg`` or ``method.reg``)."""
     if not reg_cfg:
         return []
     unknown = [n for n in reg_cfg if n not in REGULARIZERS]
@@ -217,8 +223,8 @@ def build_regularizers(reg_cfg) -> list[Regularizer]:
         try:
             cfg = OmegaConf.merge(OmegaConf.structured(REGULARIZERS[name][0]), node)
         except OmegaConfBaseException as err:
-            raise _error(name, str(err).splitlines()[0]) from err
-        _check(name, cfg)
+            raise _error(name, str(err).splitlines()[0], prefix) from err
+        _check(name, cfg, prefix)
         regs.append(Regularizer(name, cfg))
     return regs
 
@@ -233,12 +239,20 @@ def apply_regularizers(regs: list[Regularizer], out, batch, method,
     logs: dict = {}
     ctx = _Context(out, batch, method)
     for reg in regs:
-        weight = reg.weight(progress)
-        value, term_logs = reg.term(ctx)
-        loss = loss + weight * value
+        parts, term_logs = reg.term(ctx)
+        for value, final in parts:
+            loss = loss + reg.weight(progress, final) * value
         logs.update(term_logs)
-        logs[REGULARIZERS[reg.name][2]] = weight
+        logs[REGULARIZERS[reg.name][2]] = reg.weight(progress)
     return loss, logs
+
+
+def merged_reg_config(cfg) -> dict:
+    """The regularisers a run trains with: the method's own (``method.reg``, how presets such
+    as ``method=vada`` = DANN + entropy + VAT are built) and the command line's ``reg=[...]``;
+    a top-level ``reg.<name>`` replaces the method's term of the same name."""
+    method = cfg.get("method") or {}
+    return {**(method.get("reg") or {}), **(cfg.get("reg") or {})}
 
 
 def regularizer_eval_metrics(regs: list[Regularizer], target_logits: torch.Tensor,

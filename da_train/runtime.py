@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 # ---------------------------------------------------------------------------- devices

@@ -24,6 +24,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+from .losses.bnm import nuclear_norm
+from .losses.target import entropy
+
 MAX_POINTS = 2000
 SND_TEMPERATURE = 0.05
 # Logistic regression for the domain classifiers (DEV, proxy A-distance): L-BFGS on
@@ -38,8 +42,8 @@ def _probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _row_entropy(p: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of each row of a probability matrix; 0 log 0 = 0."""
-    return -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1)
+    """Entropy (nats) of each row of a probability matrix (the shared function, eps 1e-12)."""
+    return entropy(p, 1e-12)
 
 
 def source_val_accuracy(source_val_logits: torch.Tensor,
@@ -84,7 +88,7 @@ def batch_nuclear_norm(target_logits: torch.Tensor) -> float:
     cap in :func:`compute_validators` keeps that fixed).
     """
     p = _probs(target_logits)
-    return float(torch.linalg.matrix_norm(p, ord="nuc") / p.shape[0])
+    return float(nuclear_norm(p))
 
 
 # ------------------------------------------------------------------------ feature based
@@ -274,3 +278,31 @@ def best_index(values: list[float], direction: str) -> int:
         raise ValueError(f"direction must be 'max' or 'min', got {direction!r}")
     sign = 1.0 if direction == "max" else -1.0
     return max(range(len(values)), key=lambda i: (sign * values[i], -i))
+
+
+# ------------------------------------------------------------------------ objective
+#: Scores where lower is better; the Optuna sweeper maximises, so these are negated.
+LOWER_IS_BETTER = ("loss", "entropy", "error", "risk", "dev")
+
+
+def objective(results: dict, name: str) -> tuple[float, float]:
+    """(value to maximise, raw score) of ``name`` (``objective=``, what a sweep optimises),
+    looked up in results.json's top level, then under ``selection`` (the validators)."""
+    selection = results.get("selection") or {}
+    if name in results and isinstance(results[name], (int, float)):
+        raw = results[name]
+    elif name in selection:
+        raw = selection[name]
+        raw = raw.get("score", raw.get("value")) if isinstance(raw, dict) else raw
+    else:
+        known = [k for k, v in results.items() if isinstance(v, float)] + list(selection)
+        raise ConfigError(f"objective={name}: results.json has no such score. Choose one of "
+                          f"{', '.join(known)} (e.g. `objective=source_acc`, the default).")
+    lower = DIRECTIONS.get(name) == "min" or (
+        name not in DIRECTIONS and any(word in name.lower() for word in LOWER_IS_BETTER))
+    return (-1.0 if lower else 1.0) * float(raw), float(raw)
+
+
+def is_oracle(name: str) -> bool:
+    """An objective that reads target labels: model selection that cheats."""
+    return name.startswith("target_")

@@ -32,6 +32,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf
 
+from .runtime import SignalCatcher
+
 #: ``_target_`` of the resumable sweeper. Hydra only instantiates plugins whose class lives
 #: under ``hydra_plugins.``; ``register`` files our class under this name.
 SWEEPER_TARGET = "hydra_plugins.da_train_sweeper.ResumableSweeper"
@@ -46,7 +48,7 @@ PLUGINS = {
 }
 
 #: What the last sweep in this process did (read by cli.main for the exit code and summary).
-SUMMARY: dict = {"ran": False, "jobs": 0, "failed": []}
+SUMMARY: dict = {"ran": False, "jobs": 0, "failed": [], "interrupted": []}
 
 
 # ---------------------------------------------------------------------------- job folders
@@ -118,7 +120,7 @@ class ResumableSweeperMixin:
             config_loader=self.hydra_context.config_loader).parse_overrides(params)
         swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
         self.overrides = self.split_arguments(parsed, self.max_batch_size)
-        SUMMARY.update(ran=True, jobs=0, failed=[])
+        SUMMARY.update(ran=True, jobs=0, failed=[], interrupted=[], sweep_dir=str(sweep_dir))
         plan: dict = {"skipped": [], "resumed": [], "reran": []}
         returns, num = [], 0
         while not self.is_done():
@@ -134,11 +136,24 @@ class ResumableSweeperMixin:
             # launchers copy the environment into their workers: tell each job how many
             # jobs share the machine (used by torch_threads)
             os.environ[PARALLEL_ENV] = str(side_by_side(self.config.hydra.launcher, len(batch)))
-            results = self.launcher.launch(batch, initial_job_idx=num - len(batch))
+            _print_where_output_goes(self.config.hydra.launcher, sweep_dir)
+            folders = [sweep_dir / _subdir(job) for job in batch]
+            try:
+                results = self.launcher.launch(batch, initial_job_idx=num - len(batch))
+            except Exception:
+                # submitit reports a job that exited on a signal as "has not produced any
+                # output": when the job says it was interrupted, that is what to report
+                SUMMARY["interrupted"] += _interrupted(folders)
+                if SUMMARY["interrupted"]:
+                    raise SweepInterrupted(sweep_dir) from None
+                raise
             SUMMARY["jobs"] += len(results)
             SUMMARY["failed"] += [f for f in map(_failure, results) if f is not None]
+            SUMMARY["interrupted"] += _interrupted(folders)
             returns.append(results)
         _print_plan(sweep_dir, plan)
+        if SUMMARY["interrupted"]:
+            raise SweepInterrupted(sweep_dir)
         return returns
 
     @staticmethod
@@ -166,6 +181,68 @@ def _failure(ret) -> tuple[Path, str] | None:
     if status.get("status") == "failed":
         return run_dir, f"{status.get('error_type', 'Error')}: {status.get('error', '')}"
     return None
+
+
+def _subdir(job: list[str]) -> str:
+    """The job folder name that ``sweep`` appended as ``hydra.sweep.subdir='<name>'``."""
+    value = [o for o in job if o.startswith("hydra.sweep.subdir=")][-1].split("=", 1)[1]
+    return value.strip("'")
+
+
+def _interrupted(folders: list[Path]) -> list[tuple[Path, dict]]:
+    """(folder, status.json) of the jobs that stopped on a signal after a checkpoint."""
+    out = []
+    for folder in folders:
+        status = read_status(folder) or {}
+        if status.get("status") == "interrupted":
+            out.append((folder, status))
+    return out
+
+
+class SweepInterrupted(Exception):
+    """A job of the sweep stopped on SIGINT/SIGTERM (in its own process: submitit, joblib);
+    cli.main prints how to continue and exits 128 + signal."""
+
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir = sweep_dir
+        super().__init__(f"a job of the sweep {sweep_dir} was interrupted")
+
+
+#: The command line that started this sweep (set by cli.main; inherited by workers).
+COMMAND_ENV = "DA_TRAIN_COMMAND"
+
+
+def continue_command(sweep_dir: Path | str) -> str:
+    """The command that continues the whole sweep: the same ``da-train -m ...`` with its
+    folder fixed (``hydra.sweep.dir``), so completed jobs are skipped and interrupted ones
+    resume. Without a fixed folder a rerun would start a new, dated sweep from scratch."""
+    import shlex
+
+    args = shlex.split(os.environ.get(COMMAND_ENV, "")) or ["-m"]
+    args = [a for a in args if not a.startswith(("hydra.sweep.dir=", "+hydra.sweep.dir="))]
+    if "-m" not in args and "--multirun" not in args:
+        args.insert(0, "-m")
+    return shlex.join(["da-train", *args, f"hydra.sweep.dir={Path(sweep_dir).absolute()}"])
+
+
+def interrupt_advice(sweep_dir: Path | str, run_dir: Path | str) -> str:
+    """What to run after a job of a sweep was interrupted: the whole sweep, or the one job."""
+    return (f"This job is part of the sweep {sweep_dir}. To continue the whole sweep "
+            "(completed jobs are skipped, interrupted ones resume from their checkpoints, the "
+            f"rest run), run `{continue_command(sweep_dir)}`; "
+            f"`da-train trainer.resume={run_dir}` continues this job only.")
+
+
+def _print_where_output_goes(launcher, sweep_dir: Path) -> None:
+    """submitit runs each job in its own process, whose console is a file: say where."""
+    target = str(launcher.get("_target_", "")) if launcher is not None else ""
+    if "submitit" not in target.lower():
+        return
+    folder = str(launcher.get("submitit_folder", f"{sweep_dir}/.submitit/%j"))
+    print(f"da-train: submitit runs each job in its own process, which prints nothing here: "
+          f"each job's output goes to {folder.replace('%j', '<job id>')}/<job id>_0_log.out "
+          f"and .err, and its progress lines to {sweep_dir}/<job folder>/cli.log "
+          f"(`tail -f {sweep_dir}/*/cli.log`).", file=sys.stderr)
 
 
 def _print_plan(sweep_dir: Path, plan: dict) -> None:
@@ -253,37 +330,6 @@ def torch_threads(requested: int, launcher) -> int:
     return min(auto, int(omp)) if omp.isdigit() and int(omp) > 0 else auto
 
 
-# ---------------------------------------------------------------------------- objective
-#: Scores where lower is better; the Optuna sweeper maximises, so these are negated.
-LOWER_IS_BETTER = ("loss", "entropy", "error", "risk", "dev")
-
-
-def objective(results: dict, name: str) -> tuple[float, float]:
-    """(value to maximise, raw score) of ``name``, looked up in results.json's top level,
-    then under ``selection`` (the label-free validators)."""
-    selection = results.get("selection") or {}
-    if name in results and isinstance(results[name], (int, float)):
-        raw = results[name]
-    elif name in selection:
-        raw = selection[name]
-        raw = raw.get("score", raw.get("value")) if isinstance(raw, dict) else raw
-    else:
-        known = [k for k, v in results.items() if isinstance(v, float)] + list(selection)
-        from .config import ConfigError
-        raise ConfigError(f"objective={name}: results.json has no such score. Choose one of "
-                          f"{', '.join(known)} (e.g. `objective=source_acc`, the default).")
-    from .selection import DIRECTIONS
-
-    lower = DIRECTIONS.get(name) == "min" or (
-        name not in DIRECTIONS and any(word in name.lower() for word in LOWER_IS_BETTER))
-    return (-1.0 if lower else 1.0) * float(raw), float(raw)
-
-
-def is_oracle(name: str) -> bool:
-    """An objective that reads target labels: model selection that cheats."""
-    return name.startswith("target_")
-
-
 # ---------------------------------------------------------------------------- preemption
 class PreemptionRequeue:
     """Inside a submitit job, route the preemption / time-limit signal through the trainer.
@@ -311,10 +357,8 @@ class PreemptionRequeue:
             signal.signal(self.signum, self.submitit_handler)
 
     def _forward(self, signum, frame):
-        from . import trainer
         handler = signal.getsignal(signal.SIGTERM)
-        catcher = getattr(trainer, "SignalCatcher", None)
-        if catcher is not None and isinstance(getattr(handler, "__self__", None), catcher):
+        if isinstance(getattr(handler, "__self__", None), SignalCatcher):
             handler(signum, frame)  # the trainer checkpoints, then raises RunInterrupted
         else:
             self.submitit_handler(signum, frame)  # not training yet: requeue right away

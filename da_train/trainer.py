@@ -26,12 +26,17 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from .collapse import CollapseDetector
-from .config import ConfigError, override_key
 from .data import DomainPair
-from .data.source_val import hold_out_source_val
-from .methods import Batch, Method, Phase, StepOutput
+from .errors import ConfigError, override_key
+from .methods import Batch, Method, Phase, StepOutput, TargetView
 from .optim import build_optimizer, build_scheduler
-from .regularizers import apply_regularizers, build_regularizers, regularizer_eval_metrics
+from .regularizers import (
+    apply_regularizers,
+    build_regularizers,
+    merged_reg_config,
+    regularizer_eval_metrics,
+)
+from .runfiles import CHECKPOINT, EMBEDDINGS, METRICS, RESULTS, STATUS, TENSORBOARD
 from .runtime import (
     SignalCatcher,
     atomic_torch_save,
@@ -44,11 +49,8 @@ from .runtime import (
     write_json,
 )
 from .sampling import EpochSampler
-from .selection import compute_validators, proxy_a_distance
-from .sweeps import is_oracle, objective
+from .selection import compute_validators, is_oracle, objective, proxy_a_distance
 
-CHECKPOINT = "checkpoint.pt"
-EMBEDDINGS = "embeddings.npz"
 #: Validation curves get at least this many points, however short the run.
 MIN_EVAL_POINTS = 5
 #: Images per domain for the validators and the proxy A-distance (a fixed, seeded subset).
@@ -89,7 +91,7 @@ class Trainer:
         if self.tcfg.figures:
             require_plots()
         # the held-out source validation images are not in source_train: never sampled
-        self.data = hold_out_source_val(data, cfg.data.source_val, seed=cfg.seed).to(device)
+        self.data = data.to(device)  # the pair arrives with its source-val split held out
         self.select_idx = torch.randperm(
             len(data.target_train_images), generator=torch.Generator().manual_seed(cfg.seed)
         )[:SELECT_SAMPLES].to(device)
@@ -116,7 +118,8 @@ class Trainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict = {}
         self.meter = Meter()
-        self.regs = build_regularizers(cfg.reg)
+        self.regs = build_regularizers(merged_reg_config(cfg))
+        self.method.target_outputs = bool(self.regs)
         self.collapse = CollapseDetector(self.method)
         self.last_eval: dict[str, float] = {}
         self.last_selection: dict[str, float] = {}
@@ -136,16 +139,10 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.method.name,
                    dynamic_ncols=True, disable=None)
         self.method.train()
-        with (self.run_dir / "metrics.jsonl").open("a") as metrics_file, SignalCatcher() as \
+        with (self.run_dir / METRICS).open("a") as metrics_file, SignalCatcher() as \
                 signals, torch.autograd.set_detect_anomaly(self.tcfg.detect_anomaly):
             while self.step < self.total_steps:
-                phase, progress = self.enter_phase()
-                batch = self.sample()
-                for update in phase.updates:
-                    out = self.optimise(update, batch, progress)
-                    self.meter.add(self._loss_key(update), out, batch, self.step + 1)
-                    self.collapse.observe(out)
-                self.step += 1
+                self.train_step()
                 bar.update(1)
 
                 done = self.step == self.total_steps
@@ -177,13 +174,49 @@ class Trainer:
         return self.finish(writer, self.wall_seconds())
 
     # ------------------------------------------------------------------ one step
+    def train_step(self, batch: Batch | None = None) -> list[StepOutput]:
+        """THE training step, the only copy (fit, scripts/bench.py and the tests call it):
+        enter the phase when it starts, sample a batch on the device, forward / backward /
+        optimiser step for each of the phase's updates, one lr-schedule step per optimiser,
+        the metric sums for logging; then ``self.step`` advances. Everything that changes
+        from step to step is state the trainer owns (step, samplers, optimisers, schedulers,
+        meter); nothing in it reads a value back to the host. ``batch`` replaces the sampled
+        batch (scripts/bench.py's bounds time the step on a fixed or a DataLoader batch)."""
+        phase, progress = self.enter_phase()
+        batch = self.sample(phase) if batch is None else batch
+        outs = []
+        for update in phase.updates:
+            out = self.optimise(update, batch, progress)
+            self.method.after_update(update, progress)
+            self.meter.add(self._loss_key(update), out, batch, self.step + 1)
+            self.collapse.observe(out)
+            outs.append(out)
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        self.step += 1
+        return outs
+
     def enter_phase(self) -> tuple[Phase, float]:
-        """The phase of the current step (entering it when it starts) and its progress."""
+        """The phase of the current step (entering it when it starts, refreshing the method's
+        target state when the phase asks for it) and its progress in [0, 1)."""
         index = max(i for i, start in enumerate(self.phase_starts[:-1]) if start <= self.step)
         if index != self.phase_index:
             self._build_optimizers(index, fresh=True)
         phase = self.phases[index]
-        return phase, (self.step - self.phase_starts[index]) / phase.steps
+        in_phase = self.step - self.phase_starts[index]
+        if phase.refresh_every and in_phase % phase.refresh_every == 0:
+            self.refresh(phase)
+        return phase, in_phase / phase.steps
+
+    def refresh(self, phase: Phase) -> None:
+        """Let the method recompute its state from all unlabelled target training images."""
+        was_training = self.method.training
+        self.method.eval()
+        target = TargetView(self.data.target_train_images, self.data.eval_view,
+                            self.tcfg.eval_batch_size)
+        with torch.no_grad():
+            self.method.refresh(phase, target)
+        self.method.train(was_training)
 
     def _build_optimizers(self, index: int, fresh: bool) -> None:
         """The optimisers of phase ``index``; ``fresh`` runs the method's start hook."""
@@ -192,24 +225,29 @@ class Trainer:
             self.method.start_phase(phase)
         base = OmegaConf.to_container(self.cfg.optim, resolve=True)
         self.optimizers, self.schedulers = {}, {}
-        for update in phase.updates:
+        for update in dict.fromkeys(phase.updates):  # a repeated update shares its optimiser
             settings = {**base, **self.method.optim_overrides(phase, update)}
             opt = build_optimizer(self.method.parameters_for(phase, update), settings)
             self.optimizers[update] = opt
             self.schedulers[update] = build_scheduler(opt, settings, phase.steps)
         self.phase_index = index
 
-    def sample(self) -> Batch:
-        """A source and a target batch, gathered by index on the device."""
-        src, tgt = self.source_sampler(), self.target_sampler()
+    def sample(self, phase: Phase) -> Batch:
+        """A source and a target batch, gathered by index on the device (no source batch in a
+        source-free phase: its sampler does not even advance)."""
         data = self.data
+        xs = ys = None
+        if phase.source:
+            src = self.source_sampler()
+            xs = data.train_view(data.source_train.gather(src))
+            ys = data.source_train.labels.index_select(0, src)
+        tgt = self.target_sampler()
         yt = data.target_train_labels[tgt] if self.method.needs_target_labels else None
-        return Batch(data.train_view(data.source_train.gather(src)),
-                     data.source_train.labels.index_select(0, src),
-                     data.train_view(data.target_train_images.index_select(0, tgt)), yt)
+        return Batch(xs, ys, data.train_view(data.target_train_images.index_select(0, tgt)),
+                     yt, target_index=tgt)
 
     def optimise(self, update: str, batch: Batch, progress: float) -> StepOutput:
-        """Forward the method for ``update``, back-propagate, step its optimiser and lr."""
+        """Forward the method for ``update``, back-propagate, step its optimiser."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.tcfg.amp and self.device.type == "cuda"):
             out = self.method.training_step(update, batch, progress)
@@ -223,7 +261,6 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        self.schedulers[update].step()
         return out
 
     def watch_collapse(self, record: dict) -> None:
@@ -247,7 +284,7 @@ class Trainer:
     def _open_logs(self) -> SummaryWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._status("running")
-        return SummaryWriter(str(self.run_dir / "tb"), purge_step=self.purge_step)
+        return SummaryWriter(str(self.run_dir / TENSORBOARD), purge_step=self.purge_step)
 
     def lr_record(self) -> dict[str, float]:
         single = len(self.optimizers) == 1
@@ -268,7 +305,7 @@ class Trainer:
         return out
 
     def _status(self, status: str, **extra) -> None:
-        write_json(self.run_dir / "status.json", {"status": status, "step": self.step, **extra})
+        write_json(self.run_dir / STATUS, {"status": status, "step": self.step, **extra})
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, full: bool = True) -> dict[str, float]:
@@ -424,7 +461,7 @@ class Trainer:
                                             "hparam/source_acc": results["source_acc"]},
                            run_name=".", global_step=self.step)
         writer.close()
-        write_json(self.run_dir / "results.json", results)
+        write_json(self.run_dir / RESULTS, results)
         self._status("completed")
         return results
 
@@ -491,6 +528,8 @@ class Trainer:
             "versions": package_versions(),
             "overrides": self.overrides,
             "run_dir": str(self.run_dir),
+            # data_roots (resolved data/cache folders), skipped_images: set by data.load_pair
+            **getattr(self.data, "records", {}),
         }
 
 

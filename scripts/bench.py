@@ -280,7 +280,7 @@ def measure_trainer(args, cfg, overrides, data, device, mem: PeakMemory) -> dict
     from da_train.trainer import Trainer
 
     backbone = build_backbone(cfg.backbone, data.num_classes, data.input_shape)
-    method = build_method(cfg.method, backbone)
+    method = build_method(cfg.method, backbone, data.num_classes)
     with tempfile.TemporaryDirectory(prefix="da-bench-") as run_dir:
         trainer = Trainer(cfg, method, data, Path(run_dir), device, overrides)
         total = trainer.total_steps  # a multi-phase method (ADDA) sets its own length
@@ -339,29 +339,28 @@ def measure_trainer(args, cfg, overrides, data, device, mem: PeakMemory) -> dict
 
 
 # ---------------------------------------------------------------------------- 2 + 3
-def optimise_all(trainer, batch, progress: float) -> None:
-    """Every update of the last phase on ``batch``: the trainer's own step (Trainer.optimise:
-    forward, backward, optimiser and lr step), without its sampling and logging."""
-    for update in trainer.phases[-1].updates:
-        trainer.optimise(update, batch, progress)
+def rewind(trainer, trained: dict) -> None:
+    """Put the trained trainer back at the first warm-up step of the timed window, so the
+    bound and usual measurements see the same progress (lr, ramps) as the trainer's run."""
+    last_from = trainer.total_steps - trained["phase"].steps
+    trainer.step = last_from + round(trained["progress_warm_from"] * trained["phase"].steps)
 
 
 def measure_bound(args, cfg, data, device, trained: dict, mem: PeakMemory) -> dict:
     from da_train.methods import Batch
 
-    trainer, phase = trained["trainer"], trained["phase"]
+    trainer = trained["trainer"]
     bs, pair = args.batch_size, trainer.data
     labels = pair.target_train_labels
     batch = Batch(pair.train_view(pair.source_train.images[:bs]), pair.source_train.labels[:bs],
                   pair.train_view(pair.target_train_images[:bs]),
                   labels[:bs] if trainer.method.needs_target_labels else None)
-    p0 = trained["progress_warm_from"]
-    dp = 1.0 / phase.steps
+    rewind(trainer, trained)
     trainer.method.train()
 
     def run_steps(n: int, offset: int) -> None:
-        for i in range(n):
-            optimise_all(trainer, batch, p0 + (offset + i) * dp)
+        for _ in range(n):
+            trainer.train_step(batch)  # the trainer's own step on a fixed batch
 
     mem.start()
     rates, faults = timed_repeats(run_steps, device, args.warmup, args.steps, args.repeats)
@@ -438,13 +437,12 @@ def measure_usual(args, cfg, data, device, trained: dict, mem: PeakMemory) -> di
 
     from da_train.methods import Batch
 
-    trainer, phase = trained["trainer"], trained["phase"]
+    trainer = trained["trainer"]
     source, target, source_kind = usual_datasets(args, cfg, data)
     loaders = [DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
                           num_workers=args.workers) for ds in (source, target)]
     src_batches, tgt_batches = forever(loaders[0]), forever(loaders[1])
-    p0 = trained["progress_warm_from"]
-    dp = 1.0 / phase.steps
+    rewind(trainer, trained)
     needs_yt = trainer.method.needs_target_labels
     trainer.method.train()
     xs, _ = source[0]
@@ -453,11 +451,11 @@ def measure_usual(args, cfg, data, device, trained: dict, mem: PeakMemory) -> di
                            f"{tuple(data.input_shape)}")
 
     def run_steps(n: int, offset: int) -> None:
-        for i in range(n):
+        for _ in range(n):
             (xs, ys), (xt, yt) = next(src_batches), next(tgt_batches)
             batch = Batch(xs.to(device), ys.to(device), xt.to(device),
                           yt.to(device) if needs_yt else None)
-            optimise_all(trainer, batch, p0 + (offset + i) * dp)
+            trainer.train_step(batch)  # the trainer's own step on the loader's batch
 
     mem.start()
     try:
@@ -483,7 +481,7 @@ def run_bench(args) -> dict:
 
     from da_train.config import validate
     from da_train.data import load_pair
-    from da_train.methods import METHODS
+    from da_train.methods import CHOICES, core_of
     from da_train.runtime import device_name, pick_device, seed_everything
 
     trainer_steps = plan_trainer_steps(args.steps, args.warmup, args.repeats)
@@ -494,9 +492,10 @@ def run_bench(args) -> dict:
     validate(cfg)
     device = pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
-    if cfg.method.name not in METHODS:
-        raise BenchError(f"unknown method {cfg.method.name!r}; choices: {', '.join(METHODS)}.")
-    data = load_pair(cfg.data, with_target_labels=METHODS[cfg.method.name].needs_target_labels)
+    if cfg.method.name not in CHOICES:
+        raise BenchError(f"unknown method {cfg.method.name!r}; choices: {', '.join(CHOICES)}.")
+    data = load_pair(cfg.data, with_target_labels=core_of(cfg.method.name).needs_target_labels,
+                     seed=cfg.seed)
     mem = PeakMemory(device)
     load_start = os.getloadavg()
 

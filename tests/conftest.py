@@ -100,3 +100,10 @@ def digits_root(tmp_path) -> Path:
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir_in_tmp(tmp_path_factory, monkeypatch):
+    """Caches (built MNIST-M, decoded images) go to a fresh temporary folder, never to the
+    user's ~/.cache/da-train nor a data folder (DA_CACHE_DIR; da-train processes inherit it)."""
+    monkeypatch.setenv("DA_CACHE_DIR", str(tmp_path_factory.mktemp("da_cache")))

@@ -90,7 +90,7 @@ def test_uda_methods_never_read_target_training_labels(tmp_path):
         if name == "self_training":
             extra = {"warmup_steps": 0, "threshold": 0.0}
         cfg = toy_config(name, steps=6, **extra)
-        method = build_method(cfg.method, build_backbone("mlp", 2, (2,)))
+        method = build_method(cfg.method, build_backbone("mlp", 2, (2,)), 2)
         results = Trainer(cfg, method, pair, tmp_path / name, torch.device("cpu")).fit()
         assert results["steps"] == 6, name
 

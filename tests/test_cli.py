@@ -134,8 +134,17 @@ def test_missing_data_gives_one_clear_message(tmp_path):
 def test_real_data_dann_run(real_root, tmp_path):
     out = tmp_path / "real"
     proc = da_train(["method=dann", f"data.root={real_root}", "data.download=false",
-                     f"data.cache_root={tmp_path}", "trainer.steps=30", "trainer.eval_every=30",
-                     "trainer.embed_samples=0", f"hydra.run.dir={out}"], tmp_path)
+                     f"data.cache_root={tmp_path / 'cache'}", "trainer.steps=30",
+                     "trainer.eval_every=30", "trainer.embed_samples=0",
+                     f"hydra.run.dir={out}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
-    assert results["steps"] == 30 and results["source_acc"] > 0.1
+    # 30 steps reach 0.28-0.30 (seeds 0, 1): twice chance (0.1) is a margin that still fails
+    # when the source images or labels reach the network scrambled
+    assert results["steps"] == 30 and results["source_acc"] > 0.2
+    # the run records the folders it read, resolved; the cache went to data.cache_root
+    assert results["data_roots"]["data.root"] == str(real_root)
+    assert results["data_roots"]["data.cache_root"] == str((tmp_path / "cache").resolve())
+    assert (tmp_path / "cache" / "mnist_m_built" / "train_mask_seed0.pt").is_file()
+    resolved = (out / ".hydra" / "config_resolved.yaml").read_text()
+    assert f"root: {real_root}" in resolved and "${" not in resolved

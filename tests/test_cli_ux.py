@@ -46,10 +46,10 @@ def test_hydra_keys_keep_working(tiny_root, tmp_path):
 
 def test_rejected_config_leaves_no_run_folder(tiny_root, tmp_path):
     out = tmp_path / "run"
-    proc = da_train([*small(tiny_root, steps=2), "method.lam=-1", f"hydra.run.dir={out}"],
+    proc = da_train([*small(tiny_root, steps=2), "method.weight=-1", f"hydra.run.dir={out}"],
                     tmp_path)
     assert proc.returncode == 2
-    assert "method.lam=-1" in proc.stderr and "Traceback" not in proc.stderr
+    assert "method.weight=-1" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
     from da_train.report import find_run_folders
     assert find_run_folders([tmp_path]) == []
@@ -75,17 +75,27 @@ def test_help_describes_commands_and_user_groups_only(tmp_path):
     assert "data.download=false" in text and "20,000 on MNIST -> MNIST-M" in text
     for hidden in ("method_schema", "schema:", "inject_nan_at"):
         assert hidden not in text
-    # every choice a user can pick is listed (experiments by the pattern and examples)
+    # every choice a user can pick is listed, as the registries know it (experiments by the
+    # pattern and examples); each registered choice also has its conf file
+    import importlib
+
+    importlib.import_module("da_train.cli")  # registers everything, as the command does
+    from da_train.data.pairs import PAIRS
+    from da_train.methods import CHOICES  # method modules and their presets
+    from da_train.models import BACKBONES
+
+    registries = {"method": set(CHOICES), "data": set(PAIRS), "backbone": set(BACKBONES),
+                  "optim": {p.stem for p in (CONF / "optim").glob("*.yaml")}}
     lines = text.splitlines()
-    for group in ("method", "data", "backbone", "optim"):
+    for group, registered in registries.items():
         i = next(k for k, x in enumerate(lines) if x.startswith(f"{group}:"))
         listed = lines[i].split(":", 1)[1]
         for more in lines[i + 1:]:  # continuation lines of a long list
             if not more.startswith(" " * 12) or not more.strip():
                 break
             listed += "," + more
-        assert {p.stem for p in (CONF / group).glob("*.yaml")} == \
-            {c.strip() for c in listed.split(",") if c.strip()}, group
+        assert {c.strip() for c in listed.split(",") if c.strip()} == registered, group
+        assert registered == {p.stem for p in (CONF / group).glob("*.yaml")}, group
     assert "experiment: <method>_<data>" in text
 
 

@@ -29,6 +29,7 @@ class TinyMethod(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
+        self.num_classes = 2  # what the trainer tells a Method
         self.backbone = nn.Module()
         self.backbone.features = nn.Sequential(nn.Linear(2, 32), nn.ReLU())
         self.backbone.classifier = nn.Sequential(nn.Linear(32, 32), nn.ReLU(),
@@ -127,7 +128,7 @@ def test_feature_norm_explosion_and_chance_thresholds():
 
 
 def test_accuracy_drop_without_a_high_peak_is_not_collapse():
-    detector = CollapseDetector(SimpleNamespace(backbone=TinyMethod().backbone))
+    detector = CollapseDetector(SimpleNamespace(backbone=TinyMethod().backbone, num_classes=2))
     assert detector.check(10, {"train/source_acc": 0.5}) is None
     assert detector.check(20, {"train/source_acc": 0.45}) is None
     assert detector.check(30, {"train/source_acc": 0.99}) is None

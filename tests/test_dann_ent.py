@@ -1,12 +1,12 @@
-"""DANN + entropy minimisation: the entropy term, its ramp, and that it is DANN plus exactly
-that term."""
+"""The dann_ent preset (DANN + entropy minimisation): the entropy term, its ramp, and that
+it is DANN plus exactly that term."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
-from toy import method_config
+from toy import full_step, method_config
 
 from da_train.losses import mean_entropy
 from da_train.methods import Batch, build_method
@@ -26,7 +26,7 @@ def test_mean_entropy_matches_numpy():
 
 def method_with(name, **options):
     torch.manual_seed(0)
-    return build_method(method_config(name, **options), build_backbone("mlp", 3, (2,)))
+    return build_method(method_config(name, **options), build_backbone("mlp", 3, (2,)), 3)
 
 
 @pytest.mark.parametrize("progress", [0.0, 0.3, 1.0])
@@ -34,12 +34,12 @@ def test_loss_is_dann_plus_ramped_entropy(progress):
     g = torch.Generator().manual_seed(1)
     batch = Batch(torch.randn(8, 2, generator=g), torch.randint(0, 3, (8,), generator=g),
                   torch.randn(6, 2, generator=g))
-    dann = method_with("dann", lam=1.0, gamma=10.0)
-    ent = method_with("dann_ent", lam=1.0, gamma=10.0, ent_weight=0.5)
+    dann = method_with("dann", weight=1.0, gamma=10.0)
+    ent = method_with("dann_ent", weight=1.0, gamma=10.0, reg__entropy__weight=0.5)
     ent.load_state_dict(dann.state_dict())
     with torch.no_grad():
-        base = dann.training_step("model", batch, progress)
-        out = ent.training_step("model", batch, progress)
+        base = full_step(dann, batch, progress)
+        out = full_step(ent, batch, progress)
     weight = 0.5 * (2 / (1 + math.exp(-10 * progress)) - 1)
     with torch.no_grad():
         entropy = mean_entropy(ent.backbone.classifier(ent.backbone.features(batch.xt)))
@@ -49,9 +49,9 @@ def test_loss_is_dann_plus_ramped_entropy(progress):
 
 
 def test_entropy_gradient_reaches_the_target_inputs():
-    ent = method_with("dann_ent", lam=0.0, ent_weight=1.0)
+    ent = method_with("dann_ent", weight=0.0, reg__entropy__weight=1.0)
     xs = torch.randn(5, 2, requires_grad=True)
     xt = torch.randn(4, 2, requires_grad=True)
-    out = ent.training_step("model", Batch(xs, torch.zeros(5, dtype=torch.long), xt), 1.0)
+    out = full_step(ent, Batch(xs, torch.zeros(5, dtype=torch.long), xt), 1.0)
     out.loss.backward()
-    assert xt.grad is not None and xt.grad.abs().sum() > 0  # lam=0: only the entropy term
+    assert xt.grad is not None and xt.grad.abs().sum() > 0  # weight=0: only the entropy term

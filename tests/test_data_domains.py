@@ -223,8 +223,8 @@ def _fit(data, method, real_root, tmp_path, steps, backbone="dann_digits"):
             "trainer.batch_size=64", "trainer.embed_samples=0", "trainer.eval_samples=1000",
             "trainer.device=cpu", "trainer.ckpt_every=100000"])
     seed_everything(0)
-    pair = load_pair(cfg.data)
-    method_obj = build_method(cfg.method, build_backbone(cfg.backbone, 10, pair.input_shape))
+    pair = load_pair(cfg.data, seed=cfg.seed)
+    method_obj = build_method(cfg.method, build_backbone(cfg.backbone, 10, pair.input_shape), 10)
     return Trainer(cfg, method_obj, pair, tmp_path / method, torch.device("cpu"), []).fit()
 
 

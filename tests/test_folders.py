@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -140,9 +141,29 @@ def test_second_load_decodes_nothing_and_touch_rebuilds(tmp_path, two_folders, m
     os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     load_pair(cfg)
     assert len(calls) == 12  # only the target domain's cache is rebuilt
+    # ... and the rebuilt cache replaced the stale one of the same folder: two caches, not three
+    assert len(list((tmp_path / "cache" / "image_cache").glob("*.u8"))) == 2
 
 
-def test_corrupt_image_is_named_or_skipped(tmp_path, two_folders):
+def test_every_missing_file_of_a_list_is_named(tmp_path, two_folders):
+    lines = [f"{two_folders[0]}/cat/0.jpg 0", "gone/a.png 1", "gone/b.png 2", "gone/c.png 0"]
+    (tmp_path / "src.txt").write_text("\n".join(lines) + "\n")
+    cfg = folders_cfg(tmp_path, source={"list": str(tmp_path / "src.txt")},
+                      target={"root": str(two_folders[1])}, test="transductive")
+    with pytest.raises(DataError, match=r"^3 image file\(s\) listed but not found") as err:
+        load_pair(cfg)
+    assert all(f"gone/{n}.png" in str(err.value) for n in "abc")
+
+
+def test_empty_class_folder_message_says_how_to_fix_it(tmp_path):
+    root = make_folder(tmp_path / "a", classes=("cat", "dog"), per_class=1)
+    (root / "owl").mkdir()
+    with pytest.raises(DataError, match=r"owl.*put images into the empty class folders or "
+                                        r"delete them"):
+        scan_folder(root)
+
+
+def test_corrupt_image_is_named_or_skipped(tmp_path, two_folders, caplog):
     bad = two_folders[0] / "dog" / "2.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
     cfg = folders_cfg(tmp_path, source={"root": str(two_folders[0])},
@@ -150,14 +171,19 @@ def test_corrupt_image_is_named_or_skipped(tmp_path, two_folders):
     with pytest.raises(DataError, match=r"dog/2.jpg.*data.on_error=skip"):
         load_pair(cfg)
     cfg.on_error = "skip"
-    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable image.*dog/2.jpg"):
+    with caplog.at_level("WARNING", logger="da_train.data.cache"):
         pair = load_pair(cfg)
+    # logged (so in cli.log), not a bare Python warning, and recorded for results.json
+    assert re.search(r"Skipped 1 unreadable image.*dog/2.jpg", caplog.text)
+    assert pair.records["skipped_images"] == [str(bad)]
     assert pair.sizes()["source_train"] == 11
     assert pair.source_train.labels.tolist() == [0] * 4 + [1] * 3 + [2] * 4
     green = pair.source_train.images[:, 1].float().mean((1, 2))
     assert torch.allclose(green, 60 * pair.source_train.labels.float() + 30, atol=3)
-    with pytest.warns(UserWarning, match="dog/2.jpg"):  # from the cache, still warned
-        load_pair(cfg)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="da_train.data.cache"):
+        again = load_pair(cfg)  # from the cache: still logged and recorded
+    assert "dog/2.jpg" in caplog.text and again.records["skipped_images"] == [str(bad)]
 
 
 def test_cache_files_are_keyed_and_complete(tmp_path, two_folders):

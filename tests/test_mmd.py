@@ -277,7 +277,7 @@ def ddc_config(**options):
 def test_ddc_is_registered():
     assert METHODS["ddc"] is DDC
     torch.manual_seed(0)
-    assert isinstance(build_method(ddc_config(), TinyNet()), DDC)
+    assert isinstance(build_method(ddc_config(), TinyNet(), 3), DDC)
 
 
 @pytest.mark.parametrize("layer", ["features", "logits"])
@@ -285,9 +285,9 @@ def test_ddc_is_registered():
 def test_ddc_training_step(layer, kernel):
     torch.manual_seed(0)
     net = TinyNet(in_dim=3, hidden=16, num_classes=4)
-    cfg = ddc_config(lam=0.25, kernel=kernel, layer=layer, kernel_num=3, kernel_mul=2.0,
+    cfg = ddc_config(weight=0.25, kernel=kernel, layer=layer, kernel_num=3, kernel_mul=2.0,
                      estimator="unbiased")
-    method = DDC(cfg, net)
+    method = DDC(cfg, net, 4)
     batch = toy_batch(n=12, m=9, in_dim=3, num_classes=4)
     out = method.training_step("model", batch, 0.3)
 
@@ -320,8 +320,8 @@ def test_ddc_training_step(layer, kernel):
 def test_ddc_ramp_follows_the_dann_schedule(progress):
     torch.manual_seed(0)
     batch, net = toy_batch(), TinyNet()
-    flat = DDC(ddc_config(lam=2.0), net).training_step("model", batch, progress)
-    ramped = DDC(ddc_config(lam=2.0, ramp=True, gamma=10.0), net).training_step(
+    flat = DDC(ddc_config(weight=2.0), net, 2).training_step("model", batch, progress)
+    ramped = DDC(ddc_config(weight=2.0, ramp="sigmoid", gamma=10.0), net, 2).training_step(
         "model", batch, progress)
     weight = 2.0 * (2 / (1 + math.exp(-10 * progress)) - 1)
     assert ramped.logs["lam"] == pytest.approx(weight)
@@ -333,7 +333,7 @@ def test_ddc_passes_fix_sigma_and_lam():
     torch.manual_seed(0)
     batch = toy_batch()
     net = TinyNet()
-    out = DDC(ddc_config(fix_sigma=0.8, lam=2.0), net).training_step("model", batch, 0.0)
+    out = DDC(ddc_config(fix_sigma=0.8, weight=2.0), net, 2).training_step("model", batch, 0.0)
     assert out.logs["bandwidth_min"].item() == pytest.approx(0.8 / 4)
     assert out.logs["bandwidth_max"].item() == pytest.approx(0.8 * 4)
     torch.testing.assert_close(out.loss.detach(),
@@ -386,10 +386,10 @@ def test_ddc_beats_source_only_on_rotated_moons(moons, one_thread):
     (all features dead, 0.5 accuracy), so the test uses lam 0.5 and checks the source acc."""
     seed = 0
     torch.manual_seed(seed)
-    source_only = fit(SourceOnly(OmegaConf.create({"name": "source_only"}), TinyNet()), moons,
+    source_only = fit(SourceOnly(OmegaConf.create({"name": "source_only"}), TinyNet(), 2), moons,
                       seed)
     torch.manual_seed(seed)
-    ddc = fit(DDC(ddc_config(lam=0.5, kernel="rbf"), TinyNet()), moons, seed)
+    ddc = fit(DDC(ddc_config(weight=0.5, kernel="rbf"), TinyNet(), 2), moons, seed)
     assert source_only[0] > 0.95 and source_only[1] < 0.9, source_only
     assert ddc[0] > 0.9, ddc  # the features did not collapse
     assert ddc[1] > source_only[1] + 0.1, (source_only, ddc)

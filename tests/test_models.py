@@ -51,7 +51,7 @@ def test_unknown_backbone_lists_choices():
     with pytest.raises(ConfigError) as err:
         build_backbone("x", 10, (3, 32, 32))
     assert str(err.value) == ("Unknown backbone 'x'; choices: cnn1d, dann_digits, "
-                              "dann_digits_bn, lenet, mlp, resnet18, resnet50.")
+                              "dann_digits_bn, dirtt_digits, lenet, mlp, resnet18, resnet50.")
 
 
 def test_dann_digits_bn_is_the_paper_network_with_batchnorm_in_the_features_only():

@@ -1,5 +1,5 @@
 """Composable target regularisers: building from the ``reg`` config, weights and ramps, the
-loss they add, and that DANN + regularisers reproduces dann_ent / dann_pl exactly."""
+loss they add, and the command line."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 from cli_helpers import da_train, small
 from omegaconf import OmegaConf
-from toy import compose_config, toy_config, toy_trainer
+from toy import compose_config
 
 from da_train.config import ConfigError
 from da_train.losses import mean_entropy
@@ -18,8 +18,9 @@ from da_train.methods.base import Batch, StepOutput
 from da_train.models import build_backbone
 from da_train.regularizers import REGULARIZERS, apply_regularizers, build_regularizers
 
-DEFAULTS = {name: OmegaConf.to_container(OmegaConf.load(
-    f"da_train/conf/reg/{name}.yaml")) for name in REGULARIZERS}
+#: each regulariser as ``reg=[name]`` composes it (the schema's defaults)
+DEFAULTS = {name: OmegaConf.to_container(compose_config([f"reg=[{name}]"]).reg[name])
+            for name in REGULARIZERS}
 
 
 def reg_cfg(*names, **overrides):
@@ -44,11 +45,14 @@ class Tiny(torch.nn.Module):
     predict_target = predict
 
 
-def test_yaml_files_match_the_schemas_and_every_name_builds():
+def test_yaml_files_hold_no_values_and_every_name_builds():
     regs = build_regularizers(reg_cfg(*REGULARIZERS))
     assert [r.name for r in regs] == list(REGULARIZERS)
-    for reg in regs:  # every key of the YAML is a key of the schema and vice versa
-        assert set(DEFAULTS[reg.name]) == set(reg.cfg), reg.name
+    for reg in regs:  # the schema is the one home of the defaults; the YAML attaches it
+        yaml = OmegaConf.load(f"da_train/conf/reg/{reg.name}.yaml")
+        assert set(yaml) == {"defaults"}, reg.name
+        assert DEFAULTS[reg.name] == OmegaConf.to_container(
+            OmegaConf.structured(REGULARIZERS[reg.name][0])), reg.name
     assert build_regularizers(None) == [] and build_regularizers(OmegaConf.create({})) == []
 
 
@@ -133,37 +137,7 @@ def test_vat_reaches_the_parameters_and_weighs_source_separately():
 
 
 # ----------------------------------------------------------------------------- with the trainer
-def _with_regs(cfg, **regs):
-    return OmegaConf.merge(cfg, {"reg": {n: {**DEFAULTS[n], **o} for n, o in regs.items()}})
-
-
-@pytest.mark.parametrize("old, regs", [
-    ("dann_ent", {"entropy": {}}),
-    ("dann_pl", {"entropy": {}, "pl": {}}),
-])
-def test_dann_plus_regularizers_reproduces_dann_ent_and_dann_pl_exactly(tmp_path, old, regs):
-    """Same seed -> same numbers: the old methods are DANN + these regularisers (the reg
-    YAML defaults are dann_ent's / dann_pl's: entropy 0.1 on the GRL ramp; pseudo-labels
-    >= 0.95, weight 1 from 30% of training on)."""
-    results, params = [], []
-    for i, cfg in enumerate([toy_config(old, steps=400),
-                             _with_regs(toy_config("dann", steps=400), **regs)]):
-        trainer = toy_trainer(cfg, tmp_path / str(i))
-        results.append(trainer.fit())
-        params.append({k: v for k, v in trainer.method.state_dict().items()})
-    if "pl" in regs:  # the pseudo-label term really was on (weight 1 from step 120)
-        records = [[json.loads(x) for x in (tmp_path / str(i) / "metrics.jsonl")
-                    .read_text().splitlines()] for i in (0, 1)]
-        assert max(r.get("train/pl_share", 0) for r in records[1]) > 0.2
-        # and the pseudo-label quality is still evaluated, with the same numbers
-        quality = [[(r["val/pseudo_label_acc"], r["val/pseudo_label_share"])
-                    for r in run if "val/pseudo_label_acc" in r] for run in records]
-        assert quality[0] and quality[0] == quality[1]
-    assert results[0]["target_acc"] == results[1]["target_acc"]
-    assert results[0]["source_acc"] == results[1]["source_acc"]
-    assert params[0].keys() == params[1].keys()
-    for key in params[0]:
-        assert torch.equal(params[0][key], params[1][key]), key
+# (presets = a core method + these terms, bit for bit: tests/test_composed_core.py)
 
 
 def test_cli_composes_regularizers_and_logs_their_terms(tiny_root, tmp_path):

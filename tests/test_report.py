@@ -426,7 +426,7 @@ def test_plots_without_matplotlib_is_one_clear_error(outputs, tmp_path, capsys, 
 
 
 def test_short_labels_name_what_differs_and_state_the_rest_once():
-    from da_train.report import short_labels
+    from da_train.plots import short_labels
 
     keys = [("dann", "experiment=p method.lam=0.1 trainer.steps=2000"),
             ("dann", "experiment=p method.lam=1 trainer.steps=2000"),
@@ -548,3 +548,30 @@ def test_archiving_a_rerun_keeps_both_records(tmp_path, capsys):
     capsys.readouterr()
     assert main([str(archive)]) == 0
     assert "| 2 | 0.8500 ± " in capsys.readouterr().out
+
+
+def test_the_console_script_entry_point_is_the_report_cli():
+    """pyproject's ``da-report = "da_train.report:cli"`` must survive the package layout."""
+    import importlib
+    import re
+
+    from da_train.report.command import cli
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    [target] = re.findall(r'^da-report\s*=\s*"([^"]+)"', pyproject, flags=re.M)
+    module, _, name = target.partition(":")
+    assert getattr(importlib.import_module(module), name) is cli
+
+
+def test_the_command_spells_out_the_data_and_cache_roots_the_run_read(tmp_path):
+    from da_train.report.group import command_for
+
+    folder = tmp_path / "r"
+    make_run(folder, extra=["data.root=/x"])
+    results = json.loads((folder / "results.json").read_text())
+    results["data_roots"] = {"data.root": "/x", "data.cache_root": "/home/u/.cache/da-train"}
+    (folder / "results.json").write_text(json.dumps(results))
+    runs, _ = load_runs([folder])
+    command = command_for(runs)
+    assert command.count("data.root=") == 1  # given on the command line: not repeated
+    assert "data.cache_root=/home/u/.cache/da-train" in command

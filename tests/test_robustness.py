@@ -15,17 +15,18 @@ from da_train.config import ConfigError, validate
 
 # ---------------------------------------------------------------- validation
 BAD_VALUES = [
-    (["method.lam=-0.5"], "method.lam", ">= 0"),
+    (["method.weight=-0.5"], "method.weight", ">= 0"),
     (["method=ddc", "method.kernel_num=0"], "method.kernel_num", ">= 1"),
     (["method=ddc", "method.kernel_mul=1.0"], "method.kernel_mul", "> 1"),
     (["method=ddc", "method.fix_sigma=-2"], "method.fix_sigma", "> 0"),
     (["method=ddc", "method.kernel=cosine"], "method.kernel", "rbf or linear"),
     (["method=ddc", "method.estimator=fast"], "method.estimator", "biased or unbiased"),
     (["method=ddc", "method.layer=conv1"], "method.layer", "features or logits"),
-    (["method=dann_ent", "method.ent_weight=-0.1"], "method.ent_weight", ">= 0"),
+    (["method=dann_ent", "method.reg.entropy.weight=-0.1"], "method.reg.entropy", ">= 0"),
     (["method=self_training", "method.threshold=1.5"], "method.threshold", "[0, 1]"),
-    (["method=dann_pl", "method.pl_start=2"], "method.pl_start", "[0, 1]"),
-    (["method=dann_pl", "method.pl_weight=-1"], "method.pl_weight", ">= 0"),
+    (["method=dann_pl", "method.reg.pl.start=2"], "method.reg.pl", "[0, 1]"),
+    (["method=dann_pl", "method.reg.pl.weight=-1"], "method.reg.pl", ">= 0"),
+    (["reg=[vat]", "reg.vat.eps=0"], "reg.vat", "> 0"),
     (["method=adda", "method.adapt_steps=0"], "method.adapt_steps", "> 0"),
     (["method=adda", "method.disc_hidden=[]"], "method.disc_hidden", "non-empty"),
     (["method=adda", "method.beta1=1.0"], "method.beta1", "[0, 1)"),
@@ -52,7 +53,7 @@ def test_each_validated_key_names_key_value_and_allowed(overrides, key, allowed)
 
 @pytest.mark.parametrize("args,needle", [
     (["trainer.batch_size=1"], "trainer.batch_size"),  # our validation
-    (["method.lam=abc"], "method.lam"),                # Hydra: wrong type
+    (["method.weight=abc"], "method.weight"),          # Hydra: wrong type
     (["trainer.step=5"], "step"),                      # Hydra: misspelt key
     (["method=nope"], "dann"),                         # Hydra: unknown choice lists choices
     (["method=dann", "method.kernel_num=3"], "kernel_num"),  # key of another method

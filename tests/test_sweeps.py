@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import EXE, da_train, da_train_env, small, start_da_train
 
-from da_train import sweeps
+from da_train import selection, sweeps
 
 
 def quick(root, steps=4, method="dann"):
@@ -117,6 +117,40 @@ def test_submitit_local_preempted_jobs_requeue_and_match_uninterrupted(tiny_root
     assert results(sweep / "seed=1")["steps"] == 40
 
 
+def continue_command(stderr: str) -> list[str]:
+    """The arguments of the "continue the whole sweep" command da-train printed."""
+    import shlex
+
+    text = stderr.split("To continue the whole sweep", 1)[1]
+    return shlex.split(text.split("run `", 1)[1].split("`", 1)[0])
+
+
+def test_submitit_local_job_killed_exits_143_and_says_how_to_continue(tiny_root, tmp_path):
+    """SIGTERM to one submitit job: it checkpoints, the other job finishes, and the sweep
+    exits 143 naming the job folder and the command that continues the sweep (no "has not
+    produced any output" error about a result pickle, no --help hint)."""
+    sweep = tmp_path / "sweep"
+    proc = start_da_train(["-m", "hydra/launcher=submitit_local",
+                           *quick(tiny_root, steps=300), "trainer.ckpt_every=5",
+                           "trainer.eval_every=100", "trainer.threads=1", "seed=0,1",
+                           f"hydra.sweep.dir={sweep}"], tmp_path)
+    wait_for(sweep / "seed=0" / "checkpoint.pt", proc)
+    jobs = [pid for pid in descendants(proc.pid)
+            if b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(jobs) == 2
+    os.kill(jobs[0], signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    states = {s: json.loads((sweep / f"seed={s}" / "status.json").read_text())["status"]
+              for s in (0, 1)}
+    assert sorted(states.values()) == ["completed", "interrupted"], states
+    killed = sweep / next(f"seed={s}" for s, state in states.items() if state == "interrupted")
+    assert f"job {killed} was stopped by SIGTERM" in err
+    assert f"hydra.sweep.dir={sweep}" in " ".join(continue_command(err))
+    assert "has not produced any output" not in err and "--help" not in err
+    assert "Traceback" not in err and "_log.out" in err  # where the jobs' output goes
+
+
 # ---------------------------------------------------------------------------- resumable
 def test_rerun_skips_finished_jobs_byte_for_byte_and_resumes_the_killed_one(tiny_root,
                                                                           tmp_path):
@@ -126,11 +160,15 @@ def test_rerun_skips_finished_jobs_byte_for_byte_and_resumes_the_killed_one(tiny
     proc = start_da_train(command, tmp_path)
     wait_for(sweep / "seed=2" / "checkpoint.pt", proc)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143
     assert json.loads((sweep / "seed=2" / "status.json").read_text())["status"] == "interrupted"
+    # the message gives the command that continues the whole sweep, next to the one-job resume
+    assert f"trainer.resume={sweep / 'seed=2'}" in err
+    printed = continue_command(err)
+    assert printed[:2] == ["da-train", "-m"] and f"hydra.sweep.dir={sweep}" in printed
     before = {seed: snapshot(sweep / f"seed={seed}") for seed in (0, 1)}
-    again = da_train(command, tmp_path)
+    again = da_train(printed[1:], tmp_path)  # the printed command, as the user would run it
     assert again.returncode == 0, again.stderr
     assert "skipped (completed) 2: seed=0, seed=1" in again.stderr
     assert "resumed (interrupted) 1: seed=2" in again.stderr
@@ -233,10 +271,10 @@ def test_threads_share_cores_between_parallel_jobs(monkeypatch):
 
 def test_objective_is_maximised_and_lower_is_better_scores_are_negated():
     r = {"source_acc": 0.8, "target_acc": 0.5, "selection": {"dev_risk": 0.3, "snd": 1.5}}
-    assert sweeps.objective(r, "source_acc") == (0.8, 0.8)
-    assert sweeps.objective(r, "dev_risk") == (-0.3, 0.3)
-    assert sweeps.objective(r, "snd") == (1.5, 1.5)
+    assert selection.objective(r, "source_acc") == (0.8, 0.8)
+    assert selection.objective(r, "dev_risk") == (-0.3, 0.3)
+    assert selection.objective(r, "snd") == (1.5, 1.5)
     from da_train.config import ConfigError
     with pytest.raises(ConfigError, match="objective=nope.*source_acc"):
-        sweeps.objective(r, "nope")
-    assert sweeps.is_oracle("target_acc") and not sweeps.is_oracle("source_acc")
+        selection.objective(r, "nope")
+    assert selection.is_oracle("target_acc") and not selection.is_oracle("source_acc")

@@ -10,8 +10,9 @@ from omegaconf import OmegaConf
 
 from da_train.config import Config, register_schema
 from da_train.data import DomainPair, Split
-from da_train.methods import METHODS, Batch, build_method
+from da_train.methods import Batch, build_method
 from da_train.models import build_backbone
+from da_train.regularizers import apply_regularizers, build_regularizers, merged_reg_config
 from da_train.runtime import seed_everything
 from da_train.trainer import Trainer
 
@@ -45,12 +46,30 @@ def moons_pair(angle=35.0):
     return DomainPair(s_train, t_train.images, s_test, t_test, 2)
 
 
+def _options(options: dict) -> dict:
+    """Keyword options -> a nested dict; ``reg__vat__eps=1`` is ``reg.vat.eps``."""
+    out: dict = {}
+    for key, value in options.items():
+        *path, last = key.split("__")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def method_config(name: str, **options):
+    """The ``method`` node the CLI composes for ``method=name`` (a module or a preset, with
+    its YAML), with ``options`` set (``reg__entropy__weight=0.5`` for nested keys)."""
+    return OmegaConf.merge(compose_config([f"method={name}"]).method, _options(options))
+
+
 def toy_config(method: str, steps=1500, lr=0.05, seed=0, **method_options):
     """A full config for the toy problem (the same schema the CLI uses)."""
     base = OmegaConf.merge(OmegaConf.structured(Config),
-                           {"method": OmegaConf.structured(METHODS[method].Config(name=method))})
+                           {"method": method_config(method, **method_options)})
     return OmegaConf.merge(base, {
-        "seed": seed, "method": method_options,
+        "seed": seed,
         "data": {"name": "moons", "source_val": 0.0}, "backbone": {"name": "mlp"},
         "optim": {"lr": lr},
         "trainer": {"steps": steps, "batch_size": 64, "eval_every": steps, "log_every": 500,
@@ -58,9 +77,16 @@ def toy_config(method: str, steps=1500, lr=0.05, seed=0, **method_options):
     })
 
 
-def method_config(name: str, **options):
-    """Just the ``method`` node of ``name`` with ``options`` set."""
-    return OmegaConf.merge(OmegaConf.structured(METHODS[name].Config(name=name)), options)
+def full_step(method, batch, progress: float):
+    """``method``'s loss with its built-in regularisers (``method.reg``, how presets such as
+    dann_ent and vada are made), as the trainer computes it: a StepOutput."""
+    regs = build_regularizers(merged_reg_config({"method": method.cfg}))
+    method.target_outputs = bool(regs)
+    out = method.training_step("model", batch, progress)
+    if regs:
+        out.loss, logs = apply_regularizers(regs, out, batch, method, progress)
+        out.logs.update(logs)
+    return out
 
 
 def toy_batch(seed=0, n=12, m=9, in_dim=2, num_classes=2, target_scale=1.0, target_shift=1.0):
@@ -73,7 +99,7 @@ def toy_batch(seed=0, n=12, m=9, in_dim=2, num_classes=2, target_scale=1.0, targ
 
 def toy_trainer(cfg, run_dir, pair=None) -> Trainer:
     seed_everything(cfg.seed)
-    method = build_method(cfg.method, build_backbone("mlp", 2, (2,)))
+    method = build_method(cfg.method, build_backbone("mlp", 2, (2,)), 2)
     return Trainer(cfg, method, pair or moons_pair(), run_dir, torch.device("cpu"))
 
 
@@ -83,10 +109,6 @@ def train(cfg, run_dir):
 
 
 def run_steps(trainer: Trainer, n: int) -> None:
-    """``n`` training steps exactly as Trainer.fit does them, without logging or saving."""
+    """``n`` calls of the trainer's own step (what fit runs), without logging or saving."""
     for _ in range(n):
-        phase, progress = trainer.enter_phase()
-        batch = trainer.sample()
-        for update in phase.updates:
-            trainer.optimise(update, batch, progress)
-        trainer.step += 1
+        trainer.train_step()

@@ -1,15 +1,19 @@
-"""Datasets as device-resident uint8 tensors.
+"""Datasets as device-resident uint8 tensors (float tensors for arrays).
 
-Two digit pairs (``data.name``):
+The pairs (``data.name``, registry :data:`.pairs.PAIRS`; one schema per family in
+:mod:`.schemas`):
 
-* ``mnist_mnistm``: MNIST -> MNIST-M, both uint8 ``N x 3 x 32 x 32`` (MNIST is zero-padded
-  from 28 to 32 and its grey channel repeated, so source and target share one network input).
+* digit pairs, one builder (:func:`.digits.digit_pair`): ``mnist_mnistm`` (MNIST -> MNIST-M,
+  both uint8 ``N x 3 x 32 x 32``: MNIST zero-padded from 28 to 32, its grey repeated),
+  ``mnist_usps``, ``usps_mnist``, ``svhn_mnist`` and ``digits`` (any two of mnist, mnistm,
+  usps, svhn), each at one common input;
 * ``mnist01_23``: MNIST digits 0/1 -> MNIST digits 2/3 (labels 2 -> 0, 3 -> 1), the ADDA
-  blog's toy shift; uint8 ``N x 1 x 28 x 28``, no padding, 2 classes.
+  blog's toy shift; uint8 ``N x 1 x 28 x 28``, no padding, 2 classes;
+* ``folders`` (your images, :mod:`.folders`) and ``arrays`` (your ``.npz`` arrays).
 
-Batches are drawn by index on the training device and turned into floats there:
-``x = (uint8 / 255 - 0.5) / 0.5`` for both domains (one normalisation shared by the two
-domains, as in the DANN setup, so no domain gets its own statistics).
+Batches are drawn by index on the training device and turned into floats there, with one
+normalisation shared by the two domains (``data.normalize``; ``global`` is
+``x = (uint8 / 255 - 0.5) / 0.5``, the DANN setup), so no domain gets its own statistics.
 
 Target training labels are never handed to a domain-adaptation method:
 :class:`DomainPair` carries them only when ``load_pair(..., with_target_labels=True)`` asks for

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .core import DataError, DomainPair, Split
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")

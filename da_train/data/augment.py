@@ -2,8 +2,10 @@
 
 Training: random resized crop (torchvision's scale (0.08, 1) and ratio (3/4, 4/3) ranges)
 plus horizontal flip, done for the whole batch as one ``grid_sample`` (bilinear) on a grid
-built by broadcasting; evaluation: a centre crop. Both end with the normalisation (ImageNet
-mean/std for pretrained backbones), done in place on the cropped batch.
+built by broadcasting; evaluation: the centre ``image_size / cache_size`` of each image (the
+usual 224 of 256), resized to ``image_size`` when the images were cached smaller. Both end
+with the normalisation (ImageNet mean/std for pretrained backbones), done in place on the
+cropped batch.
 Random numbers come from torch's generator on the batch's device, so a fixed seed gives the
 same crops.
 """
@@ -88,7 +90,24 @@ def train_transform(images: torch.Tensor, size: int, mode: str, generator=None) 
     return normalise_images(random_resized_crop_flip(images, size, generator), mode)
 
 
-def eval_transform(images: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """Centre crop, normalised. The crop is a view, so it is copied before the in-place
-    normalisation (the one copy that ``.float()`` makes of uint8 anyway)."""
-    return normalise_images(centre_crop(images, size).to(torch.float32, copy=True), mode)
+def eval_crop(side: int, size: int, cache_size: int | None) -> int:
+    """The side of the centre crop that evaluation takes from a ``side`` x ``side`` cached
+    image: the same share of the image, ``size / cache_size`` per side, whatever size the
+    image was cached at (``size`` itself when ``side == cache_size``, the usual 224 of 256)."""
+    if not cache_size:
+        return min(side, size)
+    return max(1, min(side, (side * size + cache_size // 2) // cache_size))
+
+
+def eval_transform(images: torch.Tensor, size: int, mode: str,
+                   cache_size: int | None = None) -> torch.Tensor:
+    """Centre crop, normalised. The crop is the central ``size / cache_size`` of each image
+    (just ``size`` pixels without ``cache_size``), resized bilinearly to ``size`` when the
+    images were cached smaller than ``cache_size``. A pure crop is a view, so it is copied
+    before the in-place normalisation (the one copy that ``.float()`` makes of uint8 anyway)."""
+    crop = eval_crop(images.shape[-1], size, cache_size)
+    x = centre_crop(images, crop).to(torch.float32, copy=True)
+    if crop != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=crop > size)
+    return normalise_images(x, mode)

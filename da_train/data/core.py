@@ -11,10 +11,7 @@ from pathlib import Path
 
 import torch
 
-
-class DataError(RuntimeError):
-    """Missing or malformed data files; the message says which and how to fix it."""
-
+from ..errors import DataError  # noqa: F401  (the data package's error, from the ground floor)
 
 # What a failed download can raise: URLError/HTTPError/socket errors are OSErrors, torchvision
 # reports a failed md5 check as RuntimeError, a dropped connection can be an HTTPException.
@@ -56,6 +53,9 @@ class DomainPair:
     normalize: str = "global"
     #: labelled source images held out of training for validators (data/source_val.py)
     source_val: Split | None = None
+    #: what results.json records about the data (``data_roots``: the resolved folders read;
+    #: ``skipped_images``: files left out by ``data.on_error=skip``), set by the loaders
+    records: dict = dataclasses.field(default_factory=dict)
 
     def train_view(self, images: torch.Tensor) -> torch.Tensor:
         """A training batch as network input."""

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import bz2
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from .core import DOWNLOAD_ERRORS, DataError, DomainPair, Split, _require_writable
 from .mnist import load_mnist
 from .mnistm import build_mnistm, load_mnistm_folder
+from .required import require_files
+from .schemas import MnistmKeys, cache_root, schema_of
 
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 
@@ -117,30 +121,70 @@ def load_svhn(root, split: str, download: bool) -> Split:
 
 
 # ---------------------------------------------------------------------------- registry
-def _mnist(cfg, split):
-    s = load_mnist(cfg.root, split, cfg.download)
+def _mnist_raw(cfg, split, memo):
+    """MNIST ``N x 28 x 28``, read once per pair (the mnist and mnistm domains share it)."""
+    if ("mnist", split) not in memo:
+        memo["mnist", split] = load_mnist(cfg.root, split, cfg.download)
+    return memo["mnist", split]
+
+
+def _mnist(cfg, split, memo):
+    s = _mnist_raw(cfg, split, memo)
     return Split(s.images.unsqueeze(1), s.labels)
 
 
-def _mnistm(cfg, split):
-    if cfg.mnistm == "build":
-        mnist = load_mnist(cfg.root, split, cfg.download)
-        return build_mnistm(cfg.root, split, mnist, cfg.build_seed, cfg.cache_root, cfg.download,
-                            recipe=cfg.mnistm_recipe)
-    return load_mnistm_folder(cfg.mnistm_dir, split)
+def _mnistm(cfg, split, memo):
+    """MNIST-M built from MNIST (cached) or read from the released archive; the keys default
+    as in the schema (:class:`.schemas.MnistmKeys`) for configs written by hand."""
+    if cfg.get("mnistm", "build") == "build":
+        return build_mnistm(cfg.root, split, _mnist_raw(cfg, split, memo),
+                            cfg.get("build_seed", 0), cache_root(cfg.get("cache_root")),
+                            cfg.download, recipe=cfg.get("mnistm_recipe", "mask"))
+    return load_mnistm_folder(cfg.get("mnistm_dir") or cfg.root, split)
 
 
-def _usps(cfg, split):
+def _usps(cfg, split, memo):
     return load_usps(cfg.root, split, cfg.download)
 
 
-def _svhn(cfg, split):
+def _svhn(cfg, split, memo):
     return load_svhn(cfg.root, split, cfg.download)
 
 
-# name -> loader(cfg, split) giving uint8 N x C x H x W. Adding a digit domain: one line here.
+# name -> loader(cfg, split, memo) giving uint8 N x C x H x W. Adding a digit domain: one line
+# here.
 DIGIT_DOMAINS = {"mnist": _mnist, "mnistm": _mnistm, "usps": _usps, "svhn": _svhn}
 GREY = {"mnist", "usps"}
+
+
+@dataclass(frozen=True)
+class DigitPairSpec:
+    """The two domains of a digit pair, their training-sample sizes and the common input."""
+
+    source: str
+    target: str
+    source_limit: int = 0
+    target_limit: int = 0
+    limit_seed: int = 0
+    size: int = 0
+    channels: int = 0
+
+    @property
+    def domains(self) -> tuple[str, str]:
+        return self.source, self.target
+
+
+#: Pairs whose domains are fixed (their config has no source/target keys).
+FIXED_PAIRS = {"mnist_mnistm": DigitPairSpec("mnist", "mnistm", size=32, channels=3)}
+
+
+def pair_spec(cfg) -> DigitPairSpec:
+    """The pair a digit config describes: ``data.source`` / ``data.target`` and the common
+    input, or the fixed domains of ``mnist_mnistm``."""
+    if cfg.name in FIXED_PAIRS:
+        return FIXED_PAIRS[cfg.name]
+    return DigitPairSpec(cfg.source.name, cfg.target.name, cfg.source.limit, cfg.target.limit,
+                         cfg.limit_seed, cfg.size, cfg.channels)
 
 
 # ---------------------------------------------------------------------------- common input
@@ -181,25 +225,48 @@ def common_input(source: str, target: str, size: int, channels: int) -> tuple[in
     return size or (28 if grey else 32), channels or (1 if grey else 3)
 
 
-def _domain(cfg, dom_cfg, size, channels, seed_offset):
+def _domain(cfg, name: str, limit: int, spec: DigitPairSpec, size: int, channels: int,
+            seed_offset: int, memo: dict) -> dict[str, Split]:
     """One domain's train (limited) and test splits at the common input."""
-    name = dom_cfg.name
     if name not in DIGIT_DOMAINS:
         raise DataError(f"Unknown digit domain {name!r} (data.source.name / data.target.name); "
                         f"choices: {', '.join(DIGIT_DOMAINS)}.")
     out = {}
     for split in ("train", "test"):
-        s = DIGIT_DOMAINS[name](cfg, split)
+        s = DIGIT_DOMAINS[name](cfg, split, memo)
         if split == "train":  # sample first: only the kept images are converted
-            s = limit_split(s, dom_cfg.limit, cfg.limit_seed + seed_offset)
+            s = limit_split(s, limit, spec.limit_seed + seed_offset)
         out[split] = Split(to_common(s.images, size, channels), s.labels)
     return out
 
 
-def digits_pair(cfg) -> DomainPair:
-    """Any two digit domains (``data.source.name`` -> ``data.target.name``), 10 classes."""
-    size, channels = common_input(cfg.source.name, cfg.target.name, cfg.size, cfg.channels)
-    src = _domain(cfg, cfg.source, size, channels, 0)
-    tgt = _domain(cfg, cfg.target, size, channels, 1)
+def _check_mnistm_keys(cfg, spec: DigitPairSpec) -> None:
+    """An MNIST-M domain needs the MNIST-M keys, which only data=digits and mnist_mnistm have."""
+    schema = schema_of(cfg)
+    if "mnistm" in spec.domains and schema is not None and not issubclass(schema, MnistmKeys):
+        raise ConfigError(
+            f"data={cfg.name} has no MNIST-M keys (data.mnistm, data.cache_root, ...), so it "
+            "cannot load an mnistm domain. Use data=digits data.source.name="
+            f"{spec.source} data.target.name={spec.target} (or data=mnist_mnistm).")
+
+
+def digit_pair(cfg) -> DomainPair:
+    """The one builder of every digit pair: ``data.source.name`` -> ``data.target.name`` (or
+    the fixed domains of ``mnist_mnistm``), 10 classes, both at one common input.
+
+    Every file the pair needs from the MNIST / MNIST-M family is checked first and reported in
+    one message (:func:`.required.require_files`); USPS and SVHN are fetched per file.
+    """
+    spec = pair_spec(cfg)
+    _check_mnistm_keys(cfg, spec)
+    require_files(cfg, spec.domains)
+    size, channels = common_input(spec.source, spec.target, spec.size, spec.channels)
+    memo: dict = {}
+    src = _domain(cfg, spec.source, spec.source_limit, spec, size, channels, 0, memo)
+    tgt = _domain(cfg, spec.target, spec.target_limit, spec, size, channels, 1, memo)
     return DomainPair(src["train"], tgt["train"].images, src["test"], tgt["test"], 10,
-                      tgt["train"].labels, DIGIT_NAMES, cfg.normalize)
+                      tgt["train"].labels, DIGIT_NAMES, cfg.get("normalize", "global"))
+
+
+#: The name of earlier versions.
+digits_pair = digit_pair

@@ -168,7 +168,7 @@ def fetch_missing(groups: list[Missing]) -> list[str]:
 
 
 def missing_message(pair: str, root: str | Path, groups: list[Missing], download: bool,
-                    failures: list[str]) -> str:
+                    failures: list[str], cache_root: str | Path | None = None) -> str:
     """One message for all missing files of a pair, with both ways forward."""
     root = Path(root).absolute()
     if download:
@@ -189,6 +189,11 @@ def missing_message(pair: str, root: str | Path, groups: list[Missing], download
         f"({', '.join(_relative(g.folder, root) for g in groups)}), copy <dir> here and run "
         "`DA_DATA_ROOT=<dir> da-train data.download=false` (data.root defaults to "
         "$DA_DATA_ROOT, else ./data; or pass data.root=<dir>)."]
+    if cache_root is not None:
+        lines.append(
+            f"   Nothing is written into <dir>: the built MNIST-M is cached in {cache_root} "
+            "(data.cache_root; default $DA_CACHE_DIR, else ~/.cache/da-train), so <dir> may be "
+            "read-only or shared; add data.cache_root=<folder> to put the cache elsewhere.")
     return "\n".join(lines)
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .augment import eval_transform, train_transform
 from .cache import cached_images
 from .core import DataError, DomainPair, Split
+from .schemas import cache_root
 
 
 @dataclass
@@ -45,8 +46,12 @@ def scan_folder(root) -> Listing:
         classes, index = find_classes(str(root))
         samples = make_dataset(str(root), index, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as err:
-        raise DataError(f"{root} is not an image folder in the <root>/<class>/<image> layout: "
-                        f"{err}") from err
+        raise DataError(
+            f"{root} is not an image folder in the <root>/<class>/<image> layout: {err}. "
+            "Every class folder needs at least one image: put images into the empty class "
+            "folders or delete them (in both domains: source and target must keep the same "
+            "classes); a folder without class subfolders needs one level more, "
+            "<root>/<class>/<image>.") from err
     return Listing([Path(p) for p, _ in samples], [y for _, y in samples], tuple(classes),
                    str(root))
 
@@ -129,17 +134,66 @@ def _domain_splits(cfg, which: str, offset: int) -> tuple[Listing, Listing | Non
     return train, None
 
 
-def _cached_splits(cfg, train: Listing, test: Listing | None) -> tuple[Split, Split]:
-    """Decode (or map) train then test images as one cache; both splits are views of it."""
+def _cached_splits(cfg, train: Listing, test: Listing | None,
+                   skipped: list[str]) -> tuple[Split, Split]:
+    """Decode (or map) train then test images as one cache; both splits are views of it.
+    Files left out by ``data.on_error=skip`` are appended to ``skipped``."""
     files = train.files + (test.files if test else [])
     labels = np.array(train.labels + (test.labels if test else []), dtype=np.int64)
-    images, kept = cached_images(files, cfg.cache_size, Path(str(cfg.cache_root)).expanduser()
-                                 / "image_cache", cfg.workers, cfg.on_error)
+    source = "\n".join([train.origin, test.origin if test else "-", str(cfg.test),
+                        str(cfg.test_fraction), str(cfg.split_seed)])
+    images, kept = cached_images(files, cache_size(cfg), cache_root(cfg.cache_root)
+                                 / "image_cache", cfg.workers, cfg.on_error, source=source)
+    if len(kept) < len(files):
+        held = set(kept.tolist())
+        skipped += [str(f) for i, f in enumerate(files) if i not in held]
     images = torch.from_numpy(images)
     labels = torch.from_numpy(labels[kept])
     n_train = int((kept < len(train.files)).sum())
     tr = Split(images[:n_train], labels[:n_train])
     return tr, (Split(images[n_train:], labels[n_train:]) if test else tr)
+
+
+#: The usual evaluation protocol of ImageNet-pretrained networks: resize to 256, centre-crop
+#: 224; ``data.cache_size`` null keeps that proportion for any ``data.image_size``.
+CROP_SHARE = 224 / 256
+#: Below this share of each side, evaluation would see a small centre patch of what training
+#: crops from the whole image: refused (a wrong number, not a slow run).
+MIN_CROP_SHARE = 0.7
+
+
+def cache_size(cfg) -> int:
+    """``data.cache_size``, or when null the size that follows ``data.image_size`` (256 for
+    224: evaluation sees the central 87.5% of each side, as in the ImageNet protocol)."""
+    if cfg.cache_size is not None:
+        return int(cfg.cache_size)
+    return cache_size_for(int(cfg.image_size))
+
+
+def check_sizes(cfg) -> None:
+    """A ``data.cache_size`` the user set must leave evaluation the same view of the images as
+    training: the crop cannot exceed the cached image, nor be a small patch of it."""
+    if cfg.cache_size is None:
+        return
+    size, image = int(cfg.cache_size), int(cfg.image_size)
+    if image > size:
+        raise ConfigError(f"data.image_size={image} is larger than data.cache_size={size}: "
+                          "crops are cut from the cached images, so set data.cache_size >= "
+                          "data.image_size (e.g. 256 for 224 crops), or leave data.cache_size "
+                          "unset (null): it then follows data.image_size.")
+    if image < MIN_CROP_SHARE * size:
+        raise ConfigError(
+            f"data.image_size={image} with data.cache_size={size}: evaluation would see only "
+            f"the central {image}/{size} of each image's side ({image * image / size / size:.0%} "
+            "of its area) while training crops from the whole image, so test accuracies would "
+            "be measured on a different view of the data than the one trained on. Leave "
+            f"data.cache_size unset (null: it follows data.image_size, {cache_size_for(image)} "
+            f"for {image}) or set it between {image} and {int(image / MIN_CROP_SHARE)}.")
+
+
+def cache_size_for(image_size: int) -> int:
+    """The cache size that ``data.cache_size=null`` gives for ``image_size``."""
+    return max(int(image_size), round(image_size / CROP_SHARE))
 
 
 class HostImages:
@@ -175,12 +229,15 @@ class FolderPair(DomainPair):
 
     image_size: int = 224
     test_protocol: str = "fraction"
+    #: the requested cache size: evaluation crops its share ``image_size / cache_size`` of
+    #: each cached image, whatever size the images were cached at (see augment.eval_crop)
+    cache_size: int | None = None
 
     def train_view(self, images: torch.Tensor) -> torch.Tensor:
         return train_transform(images, self.image_size, self.normalize)
 
     def eval_view(self, images: torch.Tensor) -> torch.Tensor:
-        return eval_transform(images, self.image_size, self.normalize)
+        return eval_transform(images, self.image_size, self.normalize, self.cache_size)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -209,17 +266,14 @@ class FolderPair(DomainPair):
 
 def folders_pair(cfg) -> FolderPair:
     """Two image folders or lists -> a FolderPair over their common classes."""
-    if cfg.normalize not in ("imagenet", "global"):
-        raise ConfigError(f"Invalid config value data.normalize={cfg.normalize!r}: for "
-                          "data=folders it must be imagenet or global.")
-    if cfg.image_size > cfg.cache_size:
-        raise ConfigError(f"data.image_size={cfg.image_size} is larger than data.cache_size="
-                          f"{cfg.cache_size}: crops are cut from the cached images, so set "
-                          "data.cache_size >= data.image_size (e.g. 256 for 224 crops).")
+    check_sizes(cfg)
     src_train, src_test = _domain_splits(cfg, "source", 0)
     tgt_train, tgt_test = _domain_splits(cfg, "target", 1)
     names, k = check_classes(src_train, tgt_train)
-    src_tr, src_te = _cached_splits(cfg, src_train, src_test)
-    tgt_tr, tgt_te = _cached_splits(cfg, tgt_train, tgt_test)
+    skipped: list[str] = []
+    src_tr, src_te = _cached_splits(cfg, src_train, src_test, skipped)
+    tgt_tr, tgt_te = _cached_splits(cfg, tgt_train, tgt_test, skipped)
+    records = {"skipped_images": skipped} if cfg.on_error == "skip" else {}
     return FolderPair(src_tr, tgt_tr.images, src_te, tgt_te, k, tgt_tr.labels, names,
-                      cfg.normalize, image_size=cfg.image_size, test_protocol=cfg.test)
+                      cfg.normalize, records=records, image_size=cfg.image_size,
+                      test_protocol=cfg.test, cache_size=cache_size(cfg))

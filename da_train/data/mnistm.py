@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .bsds import load_bsds_train
 from .core import DataError, Split
+from .schemas import cache_root as resolve_cache_root
 
 MNISTM_URL = "https://github.com/ShichengChen/Domain-Adversarial-Training-of-Neural-Networks"
 
@@ -172,14 +173,16 @@ def build_mnistm(root: str | Path, split: str, mnist: Split, seed: int,
                  cache_root: str | Path | None = None, download: bool = False,
                  recipe: str = "mask") -> Split:
     """Build MNIST-M from MNIST + BSDS500 once, then reuse
-    ``<cache_root>/mnist_m_built/<split>_<recipe>_seed<seed>.pt`` (the recipe in the name, so a
+    ``<cache_root>/mnist_m_built/<split>_<recipe>_seed<seed>.pt`` (None: the per-user cache
+    directory, :func:`.schemas.default_cache_root`; the recipe in the name, so a
     cache of one recipe is never read for another, nor one from before recipes had names)."""
     if recipe not in RECIPES:
         raise ConfigError(
             f"data.mnistm_recipe={recipe!r} is not a known MNIST-M recipe. Use 'mask' (the "
             "default: a twin of the released MNIST-M, see docs/mnistm-twin.md) or 'absdiff' "
             "(|crop - digit|, the build of earlier versions, for reproducing old results).")
-    cache = Path(cache_root or root) / "mnist_m_built" / f"{split}_{recipe}_seed{seed}.pt"
+    # None: the per-user cache directory, never the data folder (which may be read-only)
+    cache = resolve_cache_root(cache_root) / "mnist_m_built" / f"{split}_{recipe}_seed{seed}.pt"
     cached = _load_cache(cache, mnist)
     if cached is not None:
         return cached

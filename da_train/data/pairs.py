@@ -1,4 +1,6 @@
-"""The pair registry: ``data.name`` -> a function that builds the :class:`DomainPair`."""
+"""The pair registry: ``data.name`` -> a function that builds the :class:`DomainPair`, and
+:func:`load_pair`, which also holds out the source validation split and records where the
+data came from (results.json ``data_roots``)."""
 
 from __future__ import annotations
 
@@ -6,20 +8,23 @@ import dataclasses
 from pathlib import Path
 
 from .arrays import arrays_pair
-from .bsds import missing_bsds
-from .core import DataError, DomainPair, Split
-from .digits import DIGIT_NAMES, digits_pair
-from .download import Missing, fetch_missing, missing_message
+from .core import DataError, DomainPair
+from .digits import DIGIT_NAMES, digit_pair
 from .folders import folders_pair
-from .mnist import load_mnist, missing_mnist, mnist_to_rgb32, select_digits
-from .mnistm import build_mnistm, load_mnistm_folder
+from .mnist import load_mnist, select_digits
+from .required import missing_files, require_files
+from .schemas import cache_root
+from .source_val import hold_out_source_val
 
 
-def load_pair(data_cfg, with_target_labels: bool = False) -> DomainPair:
+def load_pair(data_cfg, with_target_labels: bool = False, seed: int | None = None) -> DomainPair:
     """Build the DomainPair named by ``data.name``.
 
     Target training labels stay attached only when asked for (the ``target_only`` oracle), so
-    a domain-adaptation method cannot read them even by mistake.
+    a domain-adaptation method cannot read them even by mistake. With ``seed`` (the run's
+    ``cfg.seed``), the ``data.source_val`` fraction of the source training set is already
+    held out as ``pair.source_val`` (:func:`.source_val.hold_out_source_val`, the same
+    tensors as holding it out afterwards; holding out again changes nothing).
     """
     builder = PAIRS.get(data_cfg.name)
     if builder is None:
@@ -27,71 +32,30 @@ def load_pair(data_cfg, with_target_labels: bool = False) -> DomainPair:
     pair = builder(data_cfg)
     if not with_target_labels:
         pair = dataclasses.replace(pair, target_train_labels=None)
+    pair = dataclasses.replace(pair, records={**data_records(data_cfg), **pair.records})
+    if seed is not None:
+        pair = hold_out_source_val(pair, data_cfg.get("source_val", 0.0), seed)
     return pair
 
 
-def missing_files(cfg) -> list[Missing]:
-    """Every file the pair ``data.name`` needs that is not on disk, grouped by dataset.
-
-    Checked before anything is downloaded or built, so one message can name them all (not one
-    per round of "fix it and run again").
-    """
-    groups = [missing_mnist(cfg.root)]
-    if cfg.name == "mnist_mnistm":
-        if cfg.mnistm != "build":
-            groups.append(_missing_released_mnistm(cfg.mnistm_dir))
-        elif not _mnistm_cache_complete(cfg):
-            groups.append(missing_bsds(cfg.root))
-    return [g for g in groups if g is not None]
-
-
-def require_files(cfg) -> None:
-    """Download what is missing (when ``data.download``), then raise ONE DataError listing every
-    file still missing, with both ways forward (download with network, or the offline copy)."""
-    missing = missing_files(cfg)
-    if not missing:
-        return
-    failures = []
-    if cfg.download:
-        failures = fetch_missing(missing)
-        missing = missing_files(cfg)
-        if not missing:
-            return
-    raise DataError(missing_message(cfg.name, cfg.root, missing, bool(cfg.download), failures))
-
-
-def _mnistm_cache_complete(cfg) -> bool:
-    """Both built MNIST-M splits are cached: the BSDS500 photos are not needed (the cache's
-    contents are checked against MNIST when loaded; a bad cache asks for the photos then)."""
-    cache, seed = Path(cfg.get("cache_root") or cfg.root) / "mnist_m_built", cfg.build_seed
-    recipe = cfg.get("mnistm_recipe", "mask")
-    return all((cache / f"{s}_{recipe}_seed{seed}.pt").is_file() for s in ("train", "test"))
-
-
-def _missing_released_mnistm(mnistm_dir) -> Missing | None:
-    """data.mnistm=released: the archive's label files and image folders (no download)."""
-    base = Path(mnistm_dir) / "mnist_m"
-    needed = [f"mnist_m_{s}{tail}" for s in ("train", "test") for tail in ("_labels.txt", "")]
-    missing = [n if n.endswith(".txt") else n + "/" for n in needed if not (base / n).exists()]
-    if not missing:
-        return None
-    return Missing("Released MNIST-M files (data.mnistm=released)", base, missing, len(needed),
-                   "unpack the released MNIST-M archive so that data.mnistm_dir holds mnist_m/, "
-                   "or build it from MNIST and BSDS500 with data.mnistm=build.")
-
-
-def _mnist_mnistm(cfg) -> DomainPair:
-    require_files(cfg)
-    mnist = {s: load_mnist(cfg.root, s, cfg.download) for s in ("train", "test")}
-    if cfg.mnistm == "build":
-        mnistm = {s: build_mnistm(cfg.root, s, mnist[s], cfg.build_seed, cfg.cache_root,
-                                  cfg.download, recipe=cfg.get("mnistm_recipe", "mask"))
-                  for s in mnist}
-    else:
-        mnistm = {s: load_mnistm_folder(cfg.mnistm_dir, s) for s in ("train", "test")}
-    source = {s: Split(mnist_to_rgb32(mnist[s].images), mnist[s].labels) for s in mnist}
-    return DomainPair(source["train"], mnistm["train"].images, source["test"], mnistm["test"],
-                      10, mnistm["train"].labels, DIGIT_NAMES, cfg.get("normalize", "global"))
+def data_records(cfg) -> dict:
+    """``{"data_roots": {key: absolute path}}``: the data and cache folders a run read (the
+    resolved ``data.root``, ``data.cache_root``, ``data.mnistm_dir``, the folders / lists /
+    arrays of your own data), for results.json and da-report's command column."""
+    roots = {}
+    for key in ("root", "mnistm_dir"):
+        if cfg.get(key) is not None:
+            roots[f"data.{key}"] = str(Path(str(cfg[key])).expanduser().resolve())
+    if "cache_root" in cfg:
+        roots["data.cache_root"] = str(cache_root(cfg.cache_root))
+    for domain in ("source", "target"):
+        node = cfg.get(domain)
+        if node is None or not hasattr(node, "items"):
+            continue
+        for key in ("root", "list", "list_root", "test_root", "test_list", "path"):
+            if node.get(key) is not None:
+                roots[f"data.{domain}.{key}"] = str(Path(str(node[key])).expanduser().resolve())
+    return {"data_roots": roots}
 
 
 def _mnist01_23(cfg) -> DomainPair:
@@ -105,7 +69,11 @@ def _mnist01_23(cfg) -> DomainPair:
 
 
 # data.name -> builder. Adding a dataset: a module with a builder, a conf/data file (with its
-# schema in schemas.py) and one line here.
-PAIRS = {"mnist_mnistm": _mnist_mnistm, "mnist01_23": _mnist01_23,
-         "digits": digits_pair, "mnist_usps": digits_pair, "usps_mnist": digits_pair,
-         "svhn_mnist": digits_pair, "folders": folders_pair, "arrays": arrays_pair}
+# schema in schemas.py) and one line here. Every digit pair (mnist_mnistm included) has the
+# one builder digit_pair.
+PAIRS = {"mnist_mnistm": digit_pair, "mnist01_23": _mnist01_23,
+         "digits": digit_pair, "mnist_usps": digit_pair, "usps_mnist": digit_pair,
+         "svhn_mnist": digit_pair, "folders": folders_pair, "arrays": arrays_pair}
+
+__all__ = ["DIGIT_NAMES", "PAIRS", "data_records", "load_pair", "missing_files",
+           "require_files"]

@@ -20,7 +20,6 @@ held images out.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 
@@ -49,35 +48,9 @@ def source_val_indices(labels: torch.Tensor, fraction: float,
     return torch.nonzero(~mask).flatten(), torch.nonzero(mask).flatten()
 
 
-@functools.cache
-def _with_source_val(cls: type) -> type:
-    """``cls`` plus a ``source_val: Split | None = None`` field (until DomainPair has one).
-
-    A subclass of the pair's own class, so a pair with its own views (augmentation) keeps
-    them; ``sizes()`` gains ``source_val``, ``to()`` moves it.
-    """
-    if "source_val" in {f.name for f in dataclasses.fields(cls)}:
-        return cls
-
-    def sizes(self) -> dict[str, int]:
-        out = cls.sizes(self)
-        if self.source_val is not None:
-            out["source_val"] = len(self.source_val.labels)
-        return out
-
-    def to(self, device):
-        moved = cls.to(self, device)
-        val = None if self.source_val is None else self.source_val.to(device)
-        return dataclasses.replace(moved, source_val=val)
-
-    return dataclasses.make_dataclass(
-        cls.__name__, [("source_val", "Split | None", dataclasses.field(default=None))],
-        bases=(cls,), namespace={"sizes": sizes, "to": to, "__doc__": cls.__doc__})
-
-
 def _check_fraction(fraction) -> float:
     """0 <= fraction < 1, or a ConfigError naming ``data.source_val``."""
-    from ..config import ConfigError  # lazy: config imports hydra, data must not need it
+    from ..errors import ConfigError
 
     ok = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
     if not ok or not 0.0 <= fraction < 1.0:
@@ -93,18 +66,23 @@ def hold_out_source_val(pair: DomainPair, fraction: float, seed: int) -> DomainP
     """A copy of ``pair`` whose ``source_train`` lacks a seeded ``fraction`` of its images,
     which become ``pair.source_val`` (``None`` when ``fraction`` is 0).
 
+    :func:`.pairs.load_pair` calls this when given the run's seed, so the pair arrives with
+    its split made. Idempotent: a pair that already has a ``source_val`` split is returned
+    unchanged (holding out twice would shrink the training set twice), so a caller that
+    holds out again after ``load_pair`` gets the same tensors.
+
     The seed should be the data seed, not the training seed, if seeds of one configuration
     are to share a validation set; the trainer passes ``cfg.seed`` today (each seed its own
     split, which also averages over the choice of split).
     """
     fraction = _check_fraction(fraction)
-    values = {f.name: getattr(pair, f.name) for f in dataclasses.fields(pair)}
-    values["source_val"] = None
-    if fraction > 0.0:
-        train_idx, val_idx = source_val_indices(pair.source_train.labels, fraction, seed)
-        values.update(source_train=_take(pair.source_train, train_idx),
-                      source_val=_take(pair.source_train, val_idx))
-    return _with_source_val(type(pair))(**values)
+    if pair.source_val is not None:
+        return pair
+    if fraction == 0.0:
+        return dataclasses.replace(pair, source_val=None)
+    train_idx, val_idx = source_val_indices(pair.source_train.labels, fraction, seed)
+    return dataclasses.replace(pair, source_train=_take(pair.source_train, train_idx),
+                               source_val=_take(pair.source_train, val_idx))
 
 
 def _take(split: Split, index: torch.Tensor) -> Split:

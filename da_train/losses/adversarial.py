@@ -1,10 +1,12 @@
-"""Layers and schedules of adversarial alignment: gradient reversal and the sigmoid ramp."""
+"""Layers and schedules of adversarial alignment: gradient reversal, the sigmoid ramp and the
+one domain discriminator (DANN, CDAN and ADDA configure it)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import nn
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -30,3 +32,20 @@ def sigmoid_ramp(progress: float, lam: float = 1.0, gamma: float = 10.0) -> floa
     DDC's ``method.ramp``. Why ramp: early predictions and features are noise, so a full-weight
     alignment or confidence term from step 0 can wreck them."""
     return lam * (2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0)
+
+
+class DomainDiscriminator(nn.Sequential):
+    """FC - ReLU (- dropout) per hidden width, then one logit (source = 1, target = 0).
+
+    DANN: ``(features, [100])``; CDAN: ``(map width, [500, 500], dropout 0.5)``; ADDA:
+    ``(features or class scores, [500, 500])``. Dropout layers exist only when ``dropout > 0``
+    (the state-dict keys of the three former private discriminators are kept)."""
+
+    def __init__(self, in_dim: int, hidden: list[int], dropout: float = 0.0):
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(in_dim, width), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = width
+        super().__init__(*layers, nn.Linear(in_dim, 1))

@@ -13,7 +13,11 @@ import torch
 import torch.nn.functional as F
 
 
+def nuclear_norm(probs: torch.Tensor) -> torch.Tensor:
+    """``||A||_* / B`` of a B x K prediction matrix (BNM's term; the BNM validator)."""
+    return torch.linalg.matrix_norm(probs, ord="nuc") / len(probs)
+
+
 def bnm_loss(logits: torch.Tensor) -> torch.Tensor:
     """``-||softmax(logits)||_* / B``; between ``-sqrt(min(B, K) / B)`` and 0."""
-    probs = F.softmax(logits.float(), dim=1)
-    return -torch.linalg.matrix_norm(probs, ord="nuc") / len(probs)
+    return -nuclear_norm(F.softmax(logits.float(), dim=1))

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .target import entropy
+
 #: Above this many outer-product dimensions the paper switches to the randomized map.
 MAX_MULTILINEAR_DIM = 4096
 #: Output width of the randomized multilinear map in the paper.
@@ -50,14 +52,13 @@ class RandomizedMultilinear(nn.Module):
 
 class Conditioner(nn.Module):
     """The map CDAN feeds its discriminator: exact multilinear when ``F * K <= max_dim``,
-    randomized otherwise (or always with ``randomized=True``). ``out_dim`` is the width of its
+    randomized otherwise (``max_dim=1`` forces the randomized map). ``out_dim`` is the width of its
     output, which sizes the discriminator."""
 
     def __init__(self, feature_dim: int, num_classes: int, max_dim: int = MAX_MULTILINEAR_DIM,
-                 random_dim: int = RANDOM_DIM, randomized: bool | None = None):
+                 random_dim: int = RANDOM_DIM):
         super().__init__()
-        if randomized is None:
-            randomized = feature_dim * num_classes > max_dim
+        randomized = feature_dim * num_classes > max_dim
         self.random = RandomizedMultilinear(feature_dim, num_classes, random_dim) \
             if randomized else None
         self.out_dim = random_dim if randomized else feature_dim * num_classes
@@ -68,17 +69,12 @@ class Conditioner(nn.Module):
         return self.random(features, probs)
 
 
-def entropy(probs: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Per-sample Shannon entropy (nats) of rows of probabilities."""
-    return -(probs * torch.log(probs + eps)).sum(1)
-
-
 def entropy_weights(probs: torch.Tensor, is_source: torch.Tensor) -> torch.Tensor:
     """CDAN+E's sample weights ``1 + exp(-H(g))``, normalised to sum 1 within each domain
     (so both domains weigh equally whatever their confidence), computed without gradient: they
     only re-weight the domain loss. ``is_source`` is a bool mask over the batch."""
     with torch.no_grad():
-        w = 1.0 + torch.exp(-entropy(probs.float()))
+        w = 1.0 + torch.exp(-entropy(probs.float(), 1e-8))
         src = is_source.to(w.dtype)
         w_src = w * src / (w * src).sum().clamp_min(1e-12)
         w_tgt = w * (1 - src) / (w * (1 - src)).sum().clamp_min(1e-12)

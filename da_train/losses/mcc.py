@@ -14,12 +14,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .target import entropy
+
 
 def class_confusion(logits: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
     """The row-normalised, entropy-weighted class-correlation matrix (K x K)."""
     probs = F.softmax(logits.float() / temperature, dim=1)
     with torch.no_grad():
-        h = -(probs * torch.log(probs + 1e-5)).sum(1)
+        h = entropy(probs, 1e-5)
         w = 1.0 + torch.exp(-h)
         w = len(probs) * w / w.sum()
     conf = (probs * w.unsqueeze(1)).t() @ probs

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import BETA, POSITIVE, MethodConfig
-from .base import Method, Phase, StepOutput
+from ..errors import BETA, POSITIVE
+from ..losses import DomainDiscriminator
+from .base import Method, MethodConfig, Phase, StepOutput
 
 
 @dataclass
@@ -55,14 +56,6 @@ class AddaConfig(MethodConfig):
     }
 
 
-def discriminator(in_dim: int, hidden: list[int]) -> nn.Sequential:
-    layers, width = [], in_dim
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    return nn.Sequential(*layers, nn.Linear(width, 1))
-
-
 class ADDA(Method):
     """``trainer.steps`` is not used: the run lasts ``pretrain_steps + adapt_steps``."""
 
@@ -70,11 +63,11 @@ class ADDA(Method):
     # pre-training and the target encoder's update; never the discriminator's
     regularized_updates = ("model", "encoder")
 
-    def __init__(self, cfg, backbone):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone, num_classes):
+        super().__init__(cfg, backbone, num_classes)
         self.target_encoder = copy.deepcopy(self._source_encoder())
-        width = backbone.feature_dim if cfg.disc_input == "features" else _num_outputs(backbone)
-        self.discriminator = discriminator(width, list(cfg.disc_hidden))
+        width = self.feature_dim if cfg.disc_input == "features" else num_classes
+        self.discriminator = DomainDiscriminator(width, list(cfg.disc_hidden))
         # Saved in checkpoints: whether the target encoder has been initialised and trained.
         self.register_buffer("adapted", torch.tensor(False))
 
@@ -142,8 +135,3 @@ class ADDA(Method):
         encoder = self.target_encoder[0] if self.cfg.disc_input == "logits" \
             else self.target_encoder
         return encoder(x)
-
-
-def _num_outputs(backbone) -> int:
-    """Number of class scores: the width of the label head's last linear layer."""
-    return [m for m in backbone.classifier.modules() if isinstance(m, nn.Linear)][-1].out_features

@@ -25,19 +25,43 @@ Batches are device tensors already normalised to [-1, 1]:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
-from ..config import MethodConfig
+from ..errors import Rule
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's schema. ``name`` is the ``method=`` choice (set when the schema
+    is registered); ``core`` the module that trains (the same, or for a preset such as
+    ``method=vada`` the module it configures, ``dann``); ``reg`` the method's built-in
+    regularisers (``method.reg.<name>.<key>``, schemas in da_train/regularizers.py; presets
+    are built from them). Subclasses add fields with defaults and ``rules`` for them, and list
+    keys renamed in this release in ``renamed`` (old -> new, relative to ``method.``): the old
+    spelling still works for one release, with a one-line deprecation message."""
+
+    name: str = MISSING
+    core: str = MISSING
+    reg: dict[str, Any] = field(default_factory=dict)
+    rules: ClassVar[dict[str, Rule]] = {}
+    renamed: ClassVar[dict[str, str]] = {}
 
 
 @dataclass
 class Batch:
-    xs: torch.Tensor
-    ys: torch.Tensor
+    """One step's data. ``xs`` / ``ys`` are None in a source-free phase (``Phase.source``
+    False); ``target_index`` holds the positions of ``xt`` in the target training set (for
+    per-sample state such as SHOT's pseudo-labels)."""
+
+    xs: torch.Tensor | None
+    ys: torch.Tensor | None
     xt: torch.Tensor
     yt: torch.Tensor | None = None
+    target_index: torch.Tensor | None = None
 
 
 @dataclass
@@ -46,7 +70,16 @@ class Phase:
 
     name: str
     steps: int
+    #: One optimiser each, stepped in this order every step; a name may repeat (MCD's
+    #: extractor update runs num_k times per step); each optimiser's lr schedule steps once
+    #: per step.
     updates: tuple[str, ...] = ("model",)
+    #: False: a source-free phase (SHOT's adaptation, DIRT-T's refinement): no source batch is
+    #: sampled and ``batch.xs`` / ``batch.ys`` are None, so no source image can be read.
+    source: bool = True
+    #: Call :meth:`Method.refresh` at the start of the phase and every this many steps of it
+    #: (0: never), e.g. SHOT's per-epoch centroid pseudo-labels, DIRT-T's teacher refresh.
+    refresh_every: int = 0
 
 
 @dataclass
@@ -66,6 +99,23 @@ class StepOutput:
     target_features: torch.Tensor | None = None
 
 
+class TargetView:
+    """The unlabelled target training images as :meth:`Method.refresh` sees them: ``map(fn)``
+    applies ``fn`` to every image (evaluation view, in large batches) and concatenates the
+    outputs. No label is reachable from here."""
+
+    def __init__(self, images: torch.Tensor, view, batch_size: int):
+        self._images, self._view, self._bs = images, view, batch_size
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    @torch.no_grad()
+    def map(self, fn) -> torch.Tensor:
+        return torch.cat([fn(self._view(self._images[i: i + self._bs]))
+                          for i in range(0, len(self._images), self._bs)])
+
+
 class Method(nn.Module):
     #: The method's config schema (``method.*``); subclasses point this at their dataclass.
     Config = MethodConfig
@@ -73,11 +123,19 @@ class Method(nn.Module):
     needs_target_labels = False
     #: The updates that target regularisers (``reg=[...]``) are added to.
     regularized_updates: tuple[str, ...] = ("model",)
+    #: Set by the trainer when regularisers read the step's target predictions: a method that
+    #: would not forward the target batch (source_only) then forwards both domains in one pass
+    #: (shared normalisation statistics; what ``method=mcc`` / ``bnm`` compute).
+    target_outputs: bool = False
 
-    def __init__(self, cfg, backbone: nn.Module):
+    def __init__(self, cfg, backbone: nn.Module, num_classes: int):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
+        #: the number of classes and the width of ``backbone.features``' output: what heads
+        #: (discriminators, bottlenecks, extra classifiers) are sized by
+        self.num_classes = num_classes
+        self.feature_dim = backbone.feature_dim
 
     # ------------------------------------------------------------------ schedule
     def phases(self, steps: int) -> list[Phase]:
@@ -97,6 +155,15 @@ class Method(nn.Module):
 
     def start_phase(self, phase: Phase) -> None:
         """Called once when ``phase`` begins (not again on resume); e.g. copy an encoder."""
+
+    def refresh(self, phase: Phase, target: TargetView) -> None:
+        """Per-phase state recomputed from the whole unlabelled target training set, at the
+        phase's start and every ``phase.refresh_every`` steps (between steps, outside the
+        captured training step; the method is in eval mode, without gradients). State that
+        must survive a resume lives in buffers or submodules (it is then in the checkpoint)."""
+
+    def after_update(self, update: str, progress: float) -> None:
+        """Called after the optimiser step of ``update`` (e.g. a mean teacher's EMA update)."""
 
     # ------------------------------------------------------------------ training
     def training_step(self, update: str, batch: Batch, progress: float) -> StepOutput:

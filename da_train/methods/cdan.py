@@ -17,7 +17,7 @@ Published (target accuracy, CDAN / CDAN+E, Long et al. 2018): MNIST -> USPS
 Deviations from the paper's protocol, on purpose (so that the rows compare with DANN's):
 the backbone is the DANN digit network (the paper: LeNet for MNIST <-> USPS, a larger DTN
 network for SVHN -> MNIST) and the optimiser and schedules are DANN's (SGD momentum 0.9,
-lr 0.01 / (1 + 10 p)^0.75, GRL coefficient ``lam (2 / (1 + exp(-gamma p)) - 1)``); the
+lr 0.01 / (1 + 10 p)^0.75, GRL coefficient ``weight (2 / (1 + exp(-gamma p)) - 1)``); the
 discriminator is FC ``disc_hidden`` - ReLU - dropout 0.5 per hidden layer - FC 1 (default
 500 - 500, sized for the 1,024-d randomized map). The predictions g enter the map without
 gradient (the discriminator conditions on them, it does not train the label head), and the
@@ -32,24 +32,24 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..config import NONNEG, MethodConfig
-from ..losses import grad_reverse, sigmoid_ramp
+from ..errors import NONNEG
+from ..losses import DomainDiscriminator, grad_reverse, sigmoid_ramp
 from ..losses.cdan import Conditioner, domain_loss, entropy_weights
-from .base import Method, StepOutput
+from .base import Method, MethodConfig, StepOutput
 
 
 @dataclass
 class CdanConfig(MethodConfig):
-    lam: float = 1.0  # final gradient-reversal coefficient
+    weight: float = 1.0  # final gradient-reversal coefficient
     gamma: float = 10.0  # steepness of the ramp of lam over training progress p
     entropy: bool = False  # CDAN+E: entropy-conditioned sample weights
     max_dim: int = 4096  # exact multilinear map up to this many dimensions, randomized above
     random_dim: int = 1024  # output width of the randomized map
     disc_hidden: list[int] = field(default_factory=lambda: [500, 500])
     disc_dropout: float = 0.5
-    rules = {"lam": NONNEG, "gamma": NONNEG,
+    renamed = {"lam": "weight"}
+    rules = {"weight": NONNEG, "gamma": NONNEG,
              "max_dim": (lambda v: v >= 1, "a whole number >= 1"),
              "random_dim": (lambda v: v >= 1, "a whole number >= 1"),
              "disc_hidden": (lambda v: len(v) >= 1 and all(h > 0 for h in v),
@@ -57,25 +57,15 @@ class CdanConfig(MethodConfig):
              "disc_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)")}
 
 
-def discriminator(in_dim: int, hidden: list[int], dropout: float) -> nn.Sequential:
-    """FC - ReLU - dropout per hidden width, then one logit (source = 1, target = 0)."""
-    layers: list[nn.Module] = []
-    for width in hidden:
-        layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(dropout)]
-        in_dim = width
-    return nn.Sequential(*layers, nn.Linear(in_dim, 1))
-
-
 class CDAN(Method):
     Config = CdanConfig
 
-    def __init__(self, cfg, backbone):
-        super().__init__(cfg, backbone)
-        num_classes = backbone.classifier(torch.zeros(1, backbone.feature_dim)).shape[1]
-        self.conditioner = Conditioner(backbone.feature_dim, num_classes, cfg.max_dim,
+    def __init__(self, cfg, backbone, num_classes):
+        super().__init__(cfg, backbone, num_classes)
+        self.conditioner = Conditioner(self.feature_dim, num_classes, cfg.max_dim,
                                        cfg.random_dim)
-        self.domain_head = discriminator(self.conditioner.out_dim, list(cfg.disc_hidden),
-                                         cfg.disc_dropout)
+        self.domain_head = DomainDiscriminator(self.conditioner.out_dim, list(cfg.disc_hidden),
+                                               cfg.disc_dropout)
 
     def training_step(self, update, batch, progress):
         xs, ys, xt = batch.xs, batch.ys, batch.xt
@@ -84,7 +74,7 @@ class CDAN(Method):
         source_logits = logits[: len(xs)]
         loss_cls = F.cross_entropy(source_logits, ys)
         probs = F.softmax(logits.detach().float(), dim=1).to(feats.dtype)
-        lam = sigmoid_ramp(progress, self.cfg.lam, self.cfg.gamma)
+        lam = sigmoid_ramp(progress, self.cfg.weight, self.cfg.gamma)
         joint = self.conditioner(grad_reverse(feats, lam), probs)
         domain_logit = self.domain_head(joint).squeeze(1)
         is_source = torch.cat([torch.ones(len(xs), dtype=torch.bool, device=feats.device),

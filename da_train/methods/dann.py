@@ -1,7 +1,8 @@
 """DANN: a domain classifier behind a gradient reversal layer (Ganin & Lempitsky 2015).
 
 The feature extractor is trained to classify source digits while making the domain
-classifier fail; the reversal coefficient is ramped ``lam * (2 / (1 + exp(-gamma p)) - 1)``
+classifier fail; the reversal coefficient (``method.weight``: the weight of the adversarial
+term in the features' gradient) is ramped ``weight * (2 / (1 + exp(-gamma p)) - 1)``
 so the noisy early domain signal does not wreck the features. Published: 0.7666 target
 accuracy on MNIST -> MNIST-M (Ganin et al., JMLR 2016, table 2).
 """
@@ -12,27 +13,26 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..config import NONNEG, MethodConfig
-from ..losses import grad_reverse, sigmoid_ramp
-from .base import Method, StepOutput
+from ..errors import NONNEG
+from ..losses import DomainDiscriminator, grad_reverse, sigmoid_ramp
+from .base import Method, MethodConfig, StepOutput
 
 
 @dataclass
 class DannConfig(MethodConfig):
-    lam: float = 1.0     # final gradient-reversal coefficient
+    weight: float = 1.0     # final gradient-reversal coefficient
     gamma: float = 10.0  # steepness of the ramp of lam over training progress p
-    rules = {"lam": NONNEG, "gamma": NONNEG}
+    rules = {"weight": NONNEG, "gamma": NONNEG}
+    renamed = {"lam": "weight"}
 
 
 class DANN(Method):
     Config = DannConfig
 
-    def __init__(self, cfg, backbone):
-        super().__init__(cfg, backbone)
-        self.domain_head = nn.Sequential(
-            nn.Linear(backbone.feature_dim, 100), nn.ReLU(), nn.Linear(100, 1))
+    def __init__(self, cfg, backbone, num_classes):
+        super().__init__(cfg, backbone, num_classes)
+        self.domain_head = DomainDiscriminator(self.feature_dim, [100])
 
     def training_step(self, update, batch, progress):
         return self.dann_step(batch, progress)
@@ -43,7 +43,7 @@ class DANN(Method):
         feats = self.backbone.features(torch.cat([xs, xt]))
         source_logits = self.backbone.classifier(feats[: len(xs)])
         loss_cls = F.cross_entropy(source_logits, ys)
-        lam = sigmoid_ramp(progress, self.cfg.lam, self.cfg.gamma)
+        lam = sigmoid_ramp(progress, self.cfg.weight, self.cfg.gamma)
         domain_logit = self.domain_head(grad_reverse(feats, lam)).squeeze(1)
         domain = torch.cat([feats.new_ones(len(xs)), feats.new_zeros(len(xt))])
         loss_dom = F.binary_cross_entropy_with_logits(domain_logit, domain)

@@ -1,20 +1,20 @@
 """DDC: deep domain confusion with an MMD penalty (Tzeng et al. 2014; multi-kernel as in DAN).
 
-``loss = CE(classifier(f(x_s)), y_s) + lam * MMD^2(source representation, target
+``loss = CE(classifier(f(x_s)), y_s) + weight * MMD^2(source representation, target
 representation)``: the network learns to classify source digits while the distributions of
 the source and target representations are pulled together. The original DDC uses a linear
 kernel (the squared distance between the domain means) on a low-dimensional bottleneck layer
-with ``lam = 0.25``; DAN (Long et al. 2015) uses a sum of Gaussian kernels with several
+with weight 0.25; DAN (Long et al. 2015) uses a sum of Gaussian kernels with several
 bandwidths, which is this module's default. The MMD maths lives in :mod:`da_train.losses.mmd`.
 
 Options (``method.*``, schema :class:`DdcConfig` below):
 
-- ``lam``: weight of the MMD^2 term; constant unless ``ramp`` is true.
-- ``ramp``: raise the weight from 0 to ``lam`` with DANN's schedule
-  ``lam * (2 / (1 + exp(-gamma p)) - 1)``, ``p = step / steps``. Why: at initialisation the
+- ``weight``: weight of the MMD^2 term; constant unless ``ramp`` is ``sigmoid``.
+- ``ramp=sigmoid``: raise the weight from 0 to ``weight`` with DANN's schedule
+  ``weight * (2 / (1 + exp(-gamma p)) - 1)``, ``p = step / steps``. Why: at initialisation the
   features carry no class information yet, and a full-weight MMD on them can win against the
   classification loss and shrink the features into the dead region of the ReLUs (a
-  10,000-step MNIST -> MNIST-M run with ``lam = 1`` from step 0 never learned the source:
+  10,000-step MNIST -> MNIST-M run with weight 1 from step 0 never learned the source:
   loss_cls stayed at ln 10, see docs/results.md). The MNIST -> MNIST-M preset uses it.
 - ``kernel``: ``rbf`` (sum of ``kernel_num`` Gaussians ``exp(-||x - y||^2 / bw)``) or
   ``linear`` (``x . y``; the biased value is ``||mean_s - mean_t||^2``, as in DDC).
@@ -45,29 +45,31 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..config import NONNEG, POSITIVE, MethodConfig, one_of
+from ..errors import NONNEG, POSITIVE, one_of
 from ..losses import mmd2, sigmoid_ramp
-from .base import Batch, Method, StepOutput
+from .base import Batch, Method, MethodConfig, StepOutput
 
 
 @dataclass
 class DdcConfig(MethodConfig):
-    lam: float = 1.0
+    weight: float = 1.0
     kernel: str = "rbf"
     kernel_num: int = 5
     kernel_mul: float = 2.0
     fix_sigma: Optional[float] = None
     estimator: str = "biased"
     layer: str = "features"
-    ramp: bool = False
+    ramp: str = "none"
     gamma: float = 10.0
     rules = {
-        "lam": NONNEG, "gamma": NONNEG, "kernel": one_of("rbf", "linear"),
+        "weight": NONNEG, "gamma": NONNEG, "kernel": one_of("rbf", "linear"),
+        "ramp": one_of("none", "sigmoid"),
         "kernel_num": (lambda v: v >= 1, "a whole number >= 1"),
         "kernel_mul": (lambda v: v > 1, "a number > 1"),
         "fix_sigma": (POSITIVE[0], "a number > 0, or null for the mean-distance bandwidth"),
         "estimator": one_of("biased", "unbiased"), "layer": one_of("features", "logits"),
     }
+    renamed = {"lam": "weight"}
 
 
 class DDC(Method):
@@ -88,7 +90,8 @@ class DDC(Method):
         loss_transfer, bandwidths = mmd2(
             aligned[:n], aligned[n:], kernel=cfg.kernel, kernel_num=cfg.kernel_num,
             kernel_mul=cfg.kernel_mul, fix_sigma=cfg.fix_sigma, estimator=cfg.estimator)
-        lam = sigmoid_ramp(progress, cfg.lam, cfg.gamma) if cfg.ramp else cfg.lam
+        lam = sigmoid_ramp(progress, cfg.weight, cfg.gamma) if cfg.ramp == "sigmoid" \
+            else cfg.weight
         logs = {"loss_cls": loss_cls.detach(), "loss_transfer": loss_transfer.detach(),
                 "lam": lam}
         if bandwidths.numel():

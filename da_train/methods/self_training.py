@@ -1,6 +1,6 @@
 """Self-training with confident pseudo-labels.
 
-``L = CE(source) + lam * CE(target, pseudo-labels)``: the model's own argmax on the target
+``L = CE(source) + weight * CE(target, pseudo-labels)``: the model's own argmax on the target
 batch is the label wherever its softmax confidence is >= ``method.threshold``; below the
 threshold a sample contributes nothing. The target term is averaged over the whole target
 batch (masked mean, as in FixMatch), so it grows with the share of confident samples
@@ -19,17 +19,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import NONNEG, PROBABILITY, MethodConfig
+from ..errors import NONNEG, PROBABILITY
 from ..losses import pseudo_label_loss, pseudo_label_quality
-from .base import Method, StepOutput
+from .base import Method, MethodConfig, StepOutput
 
 
 @dataclass
 class SelfTrainingConfig(MethodConfig):
-    lam: float = 1.0         # weight of the pseudo-label term after the warm-up
+    weight: float = 1.0         # weight of the pseudo-label term after the warm-up
     threshold: float = 0.9   # minimum softmax confidence of a pseudo-label
     warmup_steps: int = 1000  # source-only steps before pseudo-labels are used
-    rules = {"lam": NONNEG, "threshold": PROBABILITY,
+    renamed = {"lam": "weight"}
+    rules = {"weight": NONNEG, "threshold": PROBABILITY,
              "warmup_steps": (lambda v: v >= 0, "a whole number >= 0")}
 
 
@@ -45,7 +46,7 @@ class SelfTraining(Method):
         source, target = logits[: len(batch.xs)], logits[len(batch.xs):]
         loss_cls = F.cross_entropy(source, batch.ys)
         loss_pl, share = pseudo_label_loss(target, self.cfg.threshold)
-        weight = self.cfg.lam if progress * self.total_steps >= self.cfg.warmup_steps else 0.0
+        weight = self.cfg.weight if progress * self.total_steps >= self.cfg.warmup_steps else 0.0
         return StepOutput(loss_cls + weight * loss_pl, {
             "loss_cls": loss_cls.detach(), "loss_transfer": loss_pl.detach(),
             "pl_share": share, "pl_weight": weight}, source_logits=source, target_logits=target)
