@@ -371,8 +371,8 @@ def test_presets_compose_with_their_protocol_and_state_only_what_differs():
     assert compose_config(["experiment=shot_mnist_usps"]).backbone.name == "lenet"
 
 
-def _sweep(root, tmp_path, extra=()):
-    presets = ",".join(f"{m}_{p}" for m in NEW for p in PAIRS)
+def _sweep(root, tmp_path, extra=(), pairs=PAIRS):
+    presets = ",".join(f"{m}_{p}" for m in NEW for p in pairs)
     out = tmp_path / "sweep"
     proc = da_train(["-m", f"experiment={presets}", f"data.root={root}", "data.download=false",
                      "trainer.steps=2", "trainer.batch_size=8", "trainer.eval_samples=8",
@@ -393,5 +393,7 @@ def test_every_preset_runs_through_the_cli(tiny_root, tmp_path):
 
 
 def test_every_preset_runs_on_the_real_data(real_root, tmp_path):
-    done = _sweep(real_root, tmp_path)  # caches: DA_CACHE_DIR (a temporary folder, conftest)
-    assert len(done) == len(NEW) * len(PAIRS)
+    # the real USPS pair per method (the tiny root above covers every pair of every preset;
+    # building the real MNIST-M twin in a fresh cache takes minutes, too long for the suite)
+    done = _sweep(real_root, tmp_path, pairs=("mnist_usps",))
+    assert len(done) == len(NEW)

@@ -13,7 +13,8 @@ it on a linear model); the default here is ``xi = 1e-2``, still far below ``eps`
 the exact direction on that model.
 
 ``predict`` is any callable images -> logits (the method's ``predict``). Models with BatchNorm
-in train mode see the perturbed batches too; the digit networks here have none.
+in train mode (``dann_digits_bn``, ``dirtt_digits``) see the perturbed batches too, and
+their running statistics move with them; ``dann_digits`` and ``lenet`` have no BatchNorm.
 """
 
 from __future__ import annotations

@@ -29,9 +29,10 @@ Options (``method.*``, schema :class:`DdcConfig` below):
 - ``layer``: which representation is aligned, ``features`` (the backbone's feature vector,
   the input of the label head) or ``logits`` (the label head's outputs for both domains).
 
-Source and target go through ``backbone.features`` in **one joint forward pass**. Our digit
-backbones have no BatchNorm, so this changes nothing; with BatchNorm, a joint pass would share
-the normalisation statistics across domains (separate passes would be AdaBN-like).
+Source and target go through ``backbone.features`` in **one joint forward pass**. With a
+BatchNorm backbone (``dann_digits_bn``, ``dirtt_digits``, the ResNets) the joint pass shares
+the normalisation statistics across domains (separate passes would be AdaBN-like); the
+backbones without BatchNorm are unaffected.
 
 Logged per step (tensors, no host sync): ``loss_cls``, ``loss_transfer`` (the MMD^2) and, for
 the rbf kernel, ``bandwidth_min`` / ``bandwidth_max`` (the smallest and largest bandwidth used).
