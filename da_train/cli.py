@@ -42,6 +42,7 @@ from .data.pairs import PAIRS, data_records
 from .errors import ConfigError, override_key
 from .methods import CHOICES, build_method, core_of
 from .models import BACKBONES, build_backbone
+from .runfiles import CHECKPOINT, HYDRA_DIR, HYDRA_OVERRIDES, RESOLVED_CONFIG, STATUS
 from .runtime import (
     flatten,
     pick_device,
@@ -49,7 +50,7 @@ from .runtime import (
     seed_everything,
     write_json,
 )
-from .trainer import CHECKPOINT, NonFiniteLossError, RunInterrupted, Trainer
+from .trainer import NonFiniteLossError, RunInterrupted, Trainer
 
 
 def help_choices(group: str) -> str:
@@ -122,13 +123,13 @@ def _resumed_config(cfg: DictConfig, target: Path, overrides: list[str]) -> Dict
 
 
 def _saved_overrides(run_dir: Path, fallback: list[str]) -> list[str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = run_dir / HYDRA_OVERRIDES
     return list(OmegaConf.load(path)) if path.is_file() else fallback
 
 
 def _discard_if_empty(run_dir: Path) -> None:
     """Remove the fresh folder Hydra made for a run that continues elsewhere (nothing lost)."""
-    entries = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"] \
+    entries = [p for p in run_dir.iterdir() if p.name != HYDRA_DIR and p.suffix != ".log"] \
         if run_dir.is_dir() else None
     if entries == []:
         for path in sorted(run_dir.rglob("*"), reverse=True):
@@ -167,20 +168,15 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     return trainer.fit()
 
 
-#: Next to Hydra's .hydra/config.yaml (which keeps ${oc.env:DA_DATA_ROOT,data} and null
-#: cache roots as written): the config as the run used it, every folder absolute.
-RESOLVED_CONFIG = "config_resolved.yaml"
-
-
 def _write_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
     """``<run>/.hydra/config_resolved.yaml``: the config with interpolations resolved and the
     data and cache folders as absolute paths (what results.json ``data_roots`` records)."""
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key, value in data_records(cfg.data)["data_roots"].items():
         OmegaConf.update(resolved, key, value, force_add=True)
-    folder = run_dir / ".hydra"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(resolved))
+    path = run_dir / RESOLVED_CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(resolved))
 
 
 def _remove_empty_parents(run_dir: Path) -> None:
@@ -199,18 +195,18 @@ def _record_failure(run_dir: Path, err: BaseException, discard: bool = False) ->
     error is the user's config or missing data: the message on stderr says it all, and
     da-report has no failed run to list after the user fixed it. A sweep keeps the record,
     so its summary and da-report name the failed job."""
-    fresh = run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log"
+    fresh = run_dir.is_dir() and all(p.name == HYDRA_DIR or p.suffix == ".log"
                                      for p in run_dir.iterdir())
     if discard and isinstance(err, (ConfigError, DataError)) and fresh:
         shutil.rmtree(run_dir)
         _remove_empty_parents(run_dir)
         return
-    if (run_dir / "status.json").is_file() and isinstance(err, ConfigError) \
+    if (run_dir / STATUS).is_file() and isinstance(err, ConfigError) \
             and sweeps.job_state(run_dir) == "completed":
         return  # a finished run given a bad config: leave its record alone
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "status.json", {"status": "failed", "error": str(err),
-                                         "error_type": type(err).__name__})
+    write_json(run_dir / STATUS, {"status": "failed", "error": str(err),
+                                  "error_type": type(err).__name__})
     _STATE["failed"].append((run_dir, err))
 
 

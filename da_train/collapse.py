@@ -61,6 +61,7 @@ class CollapseDetector:
         self._hooks = [relu.register_forward_hook(self._hook(i))
                        for i, relu in enumerate(self.relus)]
         self._norm_max: torch.Tensor | None = None
+        self._forwards: torch.Tensor | None = None
         self.peak_acc, self.peak_step = -1.0, None
         self.first_norm: tuple[int, float] | None = None
         self.fired: set[str] = set()
@@ -71,8 +72,16 @@ class CollapseDetector:
             if not module.training:
                 return  # evaluation forwards do not count
             alive = (output.detach().flatten(1) > 0).any(0)
+            if index == 0:  # training forwards of the window (0: the shares are unknown)
+                if self._forwards is None:
+                    self._forwards = torch.ones((), dtype=torch.long, device=alive.device)
+                else:
+                    self._forwards.add_(1)
             prev = self._alive[index]
-            self._alive[index] = alive if prev is None else prev | alive
+            if prev is None:
+                self._alive[index] = alive
+            else:  # in place: a CUDA graph replays this OR into the same tensor
+                prev.logical_or_(alive)
         return hook
 
     def observe(self, out) -> None:
@@ -81,19 +90,27 @@ class CollapseDetector:
         norm = getattr(out, "logs", {}).get("feature_norm")
         if isinstance(norm, torch.Tensor):
             norm = norm.detach().float()
-            self._norm_max = norm if self._norm_max is None else torch.maximum(self._norm_max,
-                                                                               norm)
+            if self._norm_max is None:
+                self._norm_max = norm.clone()
+            else:  # in place, for the CUDA-graph step
+                torch.maximum(self._norm_max, norm, out=self._norm_max)
 
     # ------------------------------------------------------------------ per logging step
     def active_shares(self) -> list[float | None]:
         """Share of each label-head ReLU layer's units active since the last check (syncs)."""
+        if self._forwards is None or int(self._forwards) == 0:
+            return [None] * len(self._alive)
         return [None if a is None else a.float().mean().item() for a in self._alive]
 
     def check(self, step: int, record: dict) -> str | None:
         """A one-paragraph warning if a new sign of collapse showed up since the last check."""
         shares = self.active_shares()
         widths = [0 if a is None else a.numel() for a in self._alive]
-        self._alive = [None] * len(self.relus)
+        for alive in self._alive:  # a new window; the tensors stay (a graph writes to them)
+            if alive is not None:
+                alive.zero_()
+        if self._forwards is not None:
+            self._forwards.zero_()
         norm = self._feature_norm(step, record)
         causes = {}
         acc = record.get(SOURCE_ACC)
@@ -124,10 +141,10 @@ class CollapseDetector:
     # ------------------------------------------------------------------ wording
     def _feature_norm(self, step: int, record: dict) -> float | None:
         norm = record.get(FEATURE_NORM)
-        if self._norm_max is not None:
-            window_max = self._norm_max.item()
+        window_max = self._norm_max.item() if self._norm_max is not None else -math.inf
+        if window_max != -math.inf:  # -inf: no feature norm observed in this window
             norm = window_max if norm is None else max(norm, window_max)
-            self._norm_max = None
+            self._norm_max.fill_(-math.inf)
         if norm is not None and self.first_norm is None and math.isfinite(norm):
             self.first_norm = (step, norm)
         return norm

@@ -64,25 +64,34 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
+    """``trainer.*``: the loop's settings, their defaults here (conf/trainer/default.yaml
+    repeats none of them; a pair's own values: conf/trainer/pair/<data>.yaml)."""
+
     steps: int = 10000
-    batch_size: int = 64
-    eval_every: int = 1000
+    batch_size: int = 64  # per domain: each step sees batch_size source + batch_size target
+    eval_every: int = 1000  # evaluate source and target test accuracy every N steps (and at
+    # the end)
     log_every: int = 50
-    ckpt_every: int = 1000
-    device: str = "auto"
-    amp: bool = False
-    compile: bool = False
-    channels_last: bool = False
-    eval_batch_size: int = 256
+    ckpt_every: int = 1000  # atomic checkpoint every N steps (and at the end / on a signal)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the feature extractor and label head (CUDA)
+    channels_last: bool = False  # channels_last memory format for conv nets (CUDA)
+    # auto | true | false: the training step as one CUDA graph per phase (da_train/graph.py)
+    cuda_graph: str = "auto"
+    eval_batch_size: int = 256  # 256 avoids large short-lived buffers (page faults) on CPU
+    # intermediate evaluations use the first N test images of each domain; the final one
+    # (results.json) always the full test splits (0: always full)
     eval_samples: int = 2000
-    tune_malloc: bool = True
+    tune_malloc: bool = True  # glibc: keep freed memory instead of returning it to the kernel
+    # source + target test features for the TensorBoard projector, PCA to 32 dims (0: off)
     embed_samples: int = 1000
-    resume: Any = False
-    detect_anomaly: bool = False
-    threads: int = 0
-    stop_on_collapse: bool = False
-    figures: bool = False
-    progress_every: float = 30.0
+    resume: Any = False  # true: continue the run in hydra.run.dir | <run folder>: that run
+    detect_anomaly: bool = False  # autograd anomaly detection (slow; finds where a NaN starts)
+    threads: int = 0  # torch CPU threads (0: all cores / shared by parallel jobs)
+    stop_on_collapse: bool = False  # stop the run (like a NaN) when the collapse detector fires
+    figures: bool = False  # accuracy curves, confusion matrix, feature scatter in TensorBoard
+    progress_every: float = 30.0  # seconds between progress lines when stdout is no terminal
 
 
 @dataclass
@@ -137,16 +146,27 @@ def register_schema() -> None:
 
 def migrate(cfg: DictConfig) -> list[str]:
     """Move values given under a key renamed in this release to its new key (in place) and
-    return one deprecation line per key moved (the old name wins when both are given)."""
+    return one deprecation line per key moved (the old name wins when both are given). A key
+    that counted steps and became a fraction of training (the method schema's
+    ``renamed_steps_to_fraction``, e.g. self-training's ``warmup_steps`` -> ``start``) moves
+    as its value divided by ``trainer.steps``."""
     lines = []
     name = OmegaConf.select(cfg, "method.name")
+    to_fraction = getattr(core_of(name).Config, "renamed_steps_to_fraction", ()) \
+        if name in CHOICES else ()
     with open_dict(cfg):
         for old, new in renamed_keys(name).items():
             value = OmegaConf.select(cfg, f"method.{old}")
             if value is None:
                 continue
-            lines.append(f"method.{old} is deprecated: it is now method.{new} (moved the value "
-                         f"{value!r} there); the old name works until da-train 0.3.")
+            if old in to_fraction:
+                value, moved = _steps_to_fraction(cfg, old, value)
+                lines.append(f"method.{old} is deprecated: it is now method.{new}, a fraction "
+                             f"of training (moved {moved} there); the old name works until "
+                             "da-train 0.3.")
+            else:
+                lines.append(f"method.{old} is deprecated: it is now method.{new} (moved the "
+                             f"value {value!r} there); the old name works until da-train 0.3.")
             OmegaConf.update(cfg, f"method.{new}", value, merge=True)
             cfg.method[old] = None
         ramp = OmegaConf.select(cfg, "method.ramp")
@@ -157,6 +177,17 @@ def migrate(cfg: DictConfig) -> list[str]:
                          "da-train 0.3.")
             cfg.method.ramp = new
     return lines
+
+
+def _steps_to_fraction(cfg: DictConfig, old: str, value) -> tuple[float, str]:
+    """``method.<old>`` (a number of steps) as a fraction of ``trainer.steps``, and the words
+    for the deprecation line; ConfigError when it is not a whole number >= 0."""
+    steps = OmegaConf.select(cfg, "trainer.steps")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"Invalid config value method.{old}={value!r}: it must be a whole "
+                          "number of steps >= 0 (or give the new key, a fraction of training).")
+    fraction = value / steps
+    return fraction, f"{value} / trainer.steps {steps} = {fraction!r}"
 
 
 # ---------------------------------------------------------------------------- ranges
@@ -177,6 +208,8 @@ RULES: dict[str, Rule] = {
     "trainer.progress_every": NONNEG,
     "trainer.device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
                        "one of auto, cpu, cuda, cuda:N"),
+    "trainer.cuda_graph": (lambda v: str(v).lower() in ("auto", "true", "false"),
+                           "one of auto, true, false"),
     "debug.inject_nan_at": WHOLE_NONNEG,
     "optim.type": one_of("sgd", "adam"),
     "optim.lr": POSITIVE,

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import ConfigError, override_key
 
 #: Config groups (key=choice), not keys.
-GROUPS = ("method", "data", "backbone", "optim", "trainer", "experiment")
+GROUPS = ("method", "data", "backbone", "optim", "trainer", "experiment", "protocol")
 
 
 def choice_schemas() -> dict[str, list[type]]:

@@ -137,10 +137,17 @@ class Regularizer:
     name: str
     cfg: object
 
-    def weight(self, progress: float, final: float | None = None) -> float:
+    def weight(self, progress, final: float | None = None):
         """The weight at ``progress`` of a part whose final weight is ``final`` (default: the
-        term's ``weight``): 0 before ``start``, then the ramp (a Python float: no host sync)."""
+        term's ``weight``): 0 before ``start``, then the ramp. A Python float for a float
+        ``progress``; for a device-tensor ``progress`` (the CUDA-graph step) the same value as
+        a tensor, computed without reading back to the host."""
         final = self.cfg.weight if final is None else final
+        if isinstance(progress, torch.Tensor):  # float32, as sigmoid_ramp's
+            ramped = (sigmoid_ramp(progress, final, self.cfg.gamma)
+                      if self.cfg.ramp == "sigmoid"
+                      else torch.full_like(progress, final, dtype=torch.float32))
+            return torch.where(progress < self.cfg.start, torch.zeros_like(ramped), ramped)
         if progress < self.cfg.start:
             return 0.0
         if self.cfg.ramp == "sigmoid":

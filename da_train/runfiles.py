@@ -28,6 +28,9 @@ HYDRA_DIR = ".hydra"
 HYDRA_CONFIG = f"{HYDRA_DIR}/config.yaml"
 #: The command-line overrides of the run, as a YAML list.
 HYDRA_OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
+#: Next to Hydra's config.yaml (which keeps ${oc.env:DA_DATA_ROOT,data} and null cache roots
+#: as written): the config as the run used it, interpolations resolved, every folder absolute.
+RESOLVED_CONFIG = f"{HYDRA_DIR}/config_resolved.yaml"
 #: In a sweep folder (not a run folder): the sweep's config, written by the launcher.
 MULTIRUN = "multirun.yaml"
 

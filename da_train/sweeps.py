@@ -32,6 +32,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf
 
+from .runfiles import CHECKPOINT, CLI_LOG, MULTIRUN, STATUS
 from .runtime import SignalCatcher
 
 #: ``_target_`` of the resumable sweeper. Hydra only instantiates plugins whose class lives
@@ -61,12 +62,12 @@ def job_state(run_dir: Path) -> str:
     state = status.get("status")
     if state in ("completed", "failed"):
         return state
-    return "resumable" if (run_dir / "checkpoint.pt").is_file() else "stale"
+    return "resumable" if (run_dir / CHECKPOINT).is_file() else "stale"
 
 
 def read_status(run_dir: Path) -> dict | None:
     try:
-        return json.loads((run_dir / "status.json").read_text())
+        return json.loads((run_dir / STATUS).read_text())
     except (OSError, ValueError):
         return None
 
@@ -114,7 +115,7 @@ class ResumableSweeperMixin:
         assert self.config is not None and self.launcher is not None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, sweep_dir / MULTIRUN)
         params = [*self._parse_config(), *arguments]
         parsed = OverridesParser.create(
             config_loader=self.hydra_context.config_loader).parse_overrides(params)
@@ -241,8 +242,8 @@ def _print_where_output_goes(launcher, sweep_dir: Path) -> None:
     folder = str(launcher.get("submitit_folder", f"{sweep_dir}/.submitit/%j"))
     print(f"da-train: submitit runs each job in its own process, which prints nothing here: "
           f"each job's output goes to {folder.replace('%j', '<job id>')}/<job id>_0_log.out "
-          f"and .err, and its progress lines to {sweep_dir}/<job folder>/cli.log "
-          f"(`tail -f {sweep_dir}/*/cli.log`).", file=sys.stderr)
+          f"and .err, and its progress lines to {sweep_dir}/<job folder>/{CLI_LOG} "
+          f"(`tail -f {sweep_dir}/*/{CLI_LOG}`).", file=sys.stderr)
 
 
 def _print_plan(sweep_dir: Path, plan: dict) -> None:

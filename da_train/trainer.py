@@ -1,17 +1,23 @@
 """One training loop for every method.
 
-The trainer owns sampling, optimisation, lr schedules, evaluation, logging, checkpoints and
-resume; what is learned is entirely the method's business (see methods/base.py): the method
-lists its phases and, per step, the loss of each update. :meth:`Trainer.fit` is the whole
-loop, top to bottom; everything it calls is defined below it in the order it is called.
+The trainer owns sampling, optimisation, lr schedules, logging, and when to evaluate, save
+and resume; what is learned is entirely the method's business (see methods/base.py): the
+method lists its phases and, per step, the loss of each update. :meth:`Trainer.fit` is the
+whole loop, top to bottom; everything it calls is defined below it in the order it is called.
+What an evaluation measures is da_train/evaluation.py's, what a checkpoint holds
+da_train/checkpoints.py's, what a finished run writes (results.json) da_train/results.py's.
 
 Speed: data lives on the training device as uint8 tensors and batches are gathered by index
 there (no per-sample Python work); metrics are accumulated on the device and only read back
-at logging intervals, so the loop never waits for the device in between.
+at logging intervals, so the loop never waits for the device in between. On a GPU the step's
+body can run as one CUDA graph per phase (``trainer.cuda_graph``, da_train/graph.py): the
+body is :meth:`Trainer.run_updates` on a batch from :meth:`Trainer.gather`, the same code
+the eager step runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -25,36 +31,21 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from . import checkpoints, results
 from .collapse import CollapseDetector
 from .data import DomainPair
-from .errors import ConfigError, override_key
+from .evaluation import Evaluator, require_plots
+from .graph import GraphedStep, resolve
 from .methods import Batch, Method, Phase, StepOutput, TargetView
+from .methods.base import EVERY_TARGET_EPOCH
 from .optim import build_optimizer, build_scheduler
-from .regularizers import (
-    apply_regularizers,
-    build_regularizers,
-    merged_reg_config,
-    regularizer_eval_metrics,
-)
-from .runfiles import CHECKPOINT, EMBEDDINGS, METRICS, RESULTS, STATUS, TENSORBOARD
-from .runtime import (
-    SignalCatcher,
-    atomic_torch_save,
-    device_name,
-    keep_freed_memory,
-    package_versions,
-    read_checkpoint,
-    rng_state,
-    set_rng_state,
-    write_json,
-)
+from .regularizers import apply_regularizers, build_regularizers, merged_reg_config
+from .runfiles import CHECKPOINT, METRICS, STATUS, TENSORBOARD
+from .runtime import SignalCatcher, keep_freed_memory, write_json
 from .sampling import EpochSampler
-from .selection import compute_validators, is_oracle, objective, proxy_a_distance
 
 #: Validation curves get at least this many points, however short the run.
 MIN_EVAL_POINTS = 5
-#: Images per domain for the validators and the proxy A-distance (a fixed, seeded subset).
-SELECT_SAMPLES = 2000
 log = logging.getLogger(__name__)
 
 
@@ -92,9 +83,6 @@ class Trainer:
             require_plots()
         # the held-out source validation images are not in source_train: never sampled
         self.data = data.to(device)  # the pair arrives with its source-val split held out
-        self.select_idx = torch.randperm(
-            len(data.target_train_images), generator=torch.Generator().manual_seed(cfg.seed)
-        )[:SELECT_SAMPLES].to(device)
         self.method = method.to(device)
         if self.tcfg.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -113,6 +101,8 @@ class Trainer:
                                            cfg.seed, stream=0)
         self.target_sampler = EpochSampler(len(self.data.target_train_images), bs, device,
                                            cfg.seed, stream=1)
+        # steps per pass over the target training set (Phase.refresh_every=EVERY_TARGET_EPOCH)
+        self.target_epoch_steps = math.ceil(self.target_sampler.n / bs)
         self.step = 0
         self.phase_index = -1
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -121,15 +111,18 @@ class Trainer:
         self.regs = build_regularizers(merged_reg_config(cfg))
         self.method.target_outputs = bool(self.regs)
         self.collapse = CollapseDetector(self.method)
+        # accuracies of the last evaluation (the others are kept by the evaluator)
         self.last_eval: dict[str, float] = {}
-        self.last_selection: dict[str, float] = {}
-        # rows: true target class, columns: predicted class (final, full evaluation only)
-        self.target_confusion: torch.Tensor | None = None
-        self.eval_seconds = 0.0
+        self.evaluator = Evaluator(self.method, self.data, self.tcfg, cfg.seed, self.regs,
+                                   self.run_dir)
         # wall time of the earlier processes of a resumed run (up to their last checkpoint)
         self.earlier_wall = 0.0
         self.clock: Clock | None = None
         self.purge_step: int | None = None
+        capture, why = resolve(self.tcfg.cuda_graph, device, self.method, cfg)
+        self.graph: GraphedStep | None = GraphedStep(self) if capture else None
+        if device.type == "cuda" or capture:
+            log.info("training step: %s", why)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -157,7 +150,8 @@ class Trainer:
                     if evaluate:
                         self.last_eval = self.evaluate(full=done)
                         record |= {f"val/{k}": v for k, v in self.last_eval.items()}
-                        record |= {f"select/{k}": v for k, v in self.last_selection.items()}
+                        record |= {f"select/{k}": v
+                                   for k, v in self.evaluator.last_selection.items()}
                     self.write_record(writer, metrics_file, record)
                     bar.set_postfix(self.postfix(record), refresh=False)
                     clock.maybe_report(self.step, self.total_steps, record)
@@ -171,7 +165,9 @@ class Trainer:
                     self._status("interrupted", signal=signals.name)
                     raise RunInterrupted(signals.signum, self.step, self.run_dir)
         bar.close()
-        return self.finish(writer, self.wall_seconds())
+        out = results.finish(self, writer, self.wall_seconds())
+        self._status("completed")
+        return out
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Batch | None = None) -> list[StepOutput]:
@@ -183,17 +179,28 @@ class Trainer:
         meter); nothing in it reads a value back to the host. ``batch`` replaces the sampled
         batch (scripts/bench.py's bounds time the step on a fixed or a DataLoader batch)."""
         phase, progress = self.enter_phase()
-        batch = self.sample(phase) if batch is None else batch
+        if batch is None and self.graph is not None:
+            outs = self.graph(self.phase_index, phase, progress)
+        else:
+            batch = self.sample(phase) if batch is None else batch
+            outs = self.run_updates(phase, batch, progress, self.step + 1)
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        self.step += 1
+        return outs
+
+    def run_updates(self, phase: Phase, batch: Batch, progress, step) -> list[StepOutput]:
+        """The step's body, what a CUDA graph captures: for each of the phase's updates the
+        forward, backward and optimiser step, the method's after-update hook, the metric sums
+        and the collapse counters. ``progress`` and ``step`` are Python numbers in an eager
+        step and 0-d device tensors in the graph step (updated in place between replays)."""
         outs = []
         for update in phase.updates:
             out = self.optimise(update, batch, progress)
             self.method.after_update(update, progress)
-            self.meter.add(self._loss_key(update), out, batch, self.step + 1)
+            self.meter.add(self._loss_key(update), out, batch, step)
             self.collapse.observe(out)
             outs.append(out)
-        for scheduler in self.schedulers.values():
-            scheduler.step()
-        self.step += 1
         return outs
 
     def enter_phase(self) -> tuple[Phase, float]:
@@ -201,10 +208,15 @@ class Trainer:
         target state when the phase asks for it) and its progress in [0, 1)."""
         index = max(i for i, start in enumerate(self.phase_starts[:-1]) if start <= self.step)
         if index != self.phase_index:
-            self._build_optimizers(index, fresh=True)
+            self.build_optimizers(index, fresh=True)
+            if self.graph is not None:
+                self.graph.reset()
         phase = self.phases[index]
         in_phase = self.step - self.phase_starts[index]
-        if phase.refresh_every and in_phase % phase.refresh_every == 0:
+        every = phase.refresh_every
+        if every == EVERY_TARGET_EPOCH:  # counted from the phase's start, so a resumed run
+            every = self.target_epoch_steps  # refreshes at the same steps
+        if every and in_phase % every == 0:
             self.refresh(phase)
         return phase, in_phase / phase.steps
 
@@ -218,8 +230,11 @@ class Trainer:
             self.method.refresh(phase, target)
         self.method.train(was_training)
 
-    def _build_optimizers(self, index: int, fresh: bool) -> None:
-        """The optimisers of phase ``index``; ``fresh`` runs the method's start hook."""
+    def build_optimizers(self, index: int, fresh: bool, device_lr: bool | None = None) -> None:
+        """The optimisers of phase ``index``; ``fresh`` runs the method's start hook.
+        ``device_lr`` (default: when the step is a CUDA graph): learning rates as device
+        tensors and fused optimisers (da_train/optim.py)."""
+        device_lr = self.graph is not None if device_lr is None else device_lr
         phase = self.phases[index]
         if fresh:
             self.method.start_phase(phase)
@@ -227,7 +242,8 @@ class Trainer:
         self.optimizers, self.schedulers = {}, {}
         for update in dict.fromkeys(phase.updates):  # a repeated update shares its optimiser
             settings = {**base, **self.method.optim_overrides(phase, update)}
-            opt = build_optimizer(self.method.parameters_for(phase, update), settings)
+            opt = build_optimizer(self.method.parameters_for(phase, update), settings,
+                                  device_lr=device_lr)
             self.optimizers[update] = opt
             self.schedulers[update] = build_scheduler(opt, settings, phase.steps)
         self.phase_index = index
@@ -235,14 +251,19 @@ class Trainer:
     def sample(self, phase: Phase) -> Batch:
         """A source and a target batch, gathered by index on the device (no source batch in a
         source-free phase: its sampler does not even advance)."""
+        return self.gather(phase, self.source_sampler() if phase.source else None,
+                           self.target_sampler())
+
+    def gather(self, phase: Phase, src: torch.Tensor | None, tgt: torch.Tensor) -> Batch:
+        """The batch of these indices: uint8 gather, normalisation and augmentation, all on
+        the device (part of the CUDA graph when the step is one)."""
         data = self.data
         xs = ys = None
-        if phase.source:
-            src = self.source_sampler()
+        if src is not None:
             xs = data.train_view(data.source_train.gather(src))
             ys = data.source_train.labels.index_select(0, src)
-        tgt = self.target_sampler()
-        yt = data.target_train_labels[tgt] if self.method.needs_target_labels else None
+        yt = (data.target_train_labels.index_select(0, tgt) if self.method.needs_target_labels
+              else None)
         return Batch(xs, ys, data.train_view(data.target_train_images.index_select(0, tgt)),
                      yt, target_index=tgt)
 
@@ -287,9 +308,10 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / TENSORBOARD), purge_step=self.purge_step)
 
     def lr_record(self) -> dict[str, float]:
+        """The current learning rates, from the schedules (host floats, no device read)."""
         single = len(self.optimizers) == 1
-        return {"train/lr" if single else f"train/lr_{update}": opt.param_groups[0]["lr"]
-                for update, opt in self.optimizers.items()}
+        return {"train/lr" if single else f"train/lr_{update}": self.schedulers[update].lrs()[0]
+                for update in self.optimizers}
 
     def write_record(self, writer, metrics_file, record: dict) -> None:
         for key, value in record.items():
@@ -307,254 +329,81 @@ class Trainer:
     def _status(self, status: str, **extra) -> None:
         write_json(self.run_dir / STATUS, {"status": status, "step": self.step, **extra})
 
-    # ------------------------------------------------------------------ evaluation
+    # ------------------------------------------------------------------ evaluation, saving
     def evaluate(self, full: bool = True) -> dict[str, float]:
-        """Source and target test accuracy (+ the method's extra target metrics).
+        """Source and target test accuracy and the extra metrics (see
+        :meth:`da_train.evaluation.Evaluator.evaluate`; ``full=False``: the first
+        ``trainer.eval_samples`` test images of each domain)."""
+        return self.evaluator.evaluate(full)
 
-        ``full=False`` (intermediate curves) uses the first ``trainer.eval_samples`` test
-        images of each domain, so evaluation stays a small share of the run; the final
-        evaluation, the one in results.json, always uses the full test splits.
-        """
-        start = time.perf_counter()
-        was_training = self.method.training
-        self.method.eval()
-        n = None if full or self.tcfg.eval_samples == 0 else self.tcfg.eval_samples
-        src, tgt = self.data.source_test, self.data.target_test
-        src_logits = self.predict_all(self.method.predict, src.images[:n])
-        tgt_logits = self.predict_all(self.method.predict_target, tgt.images[:n])
-        tgt_pred = tgt_logits.argmax(1)
-        metrics = {
-            "source_acc": (src_logits.argmax(1) == src.labels[:n]).float().mean(),
-            "target_acc": (tgt_pred == tgt.labels[:n]).float().mean(),
-            **self.method.eval_metrics(tgt_logits, tgt.labels[:n]),
-            **regularizer_eval_metrics(self.regs, tgt_logits, tgt.labels[:n]),
-        }
-        if full:
-            self.target_confusion = confusion_matrix(tgt_pred, tgt.labels, tgt_logits.shape[1])
-        self.last_selection = self.validators()
-        if self.tcfg.embed_samples and not (self.run_dir / EMBEDDINGS).exists():
-            self.save_embeddings(first=self.test_features(self.tcfg.embed_samples // 2))
-        self.method.train(was_training)
-        self.eval_seconds += time.perf_counter() - start
-        return {k: float(v) for k, v in metrics.items()}
-
-    @torch.no_grad()
-    def validators(self) -> dict[str, float]:
-        """The label-free scores of :mod:`da_train.selection` (``select/`` in TensorBoard,
-        ``selection`` in results.json) on a fixed subset of the unlabelled target *training*
-        images and on the held-out source validation split: no target label is read."""
-        method, data = self.method, self.data
-        images = data.target_train_images.index_select(0, self.select_idx)
-        target_logits = self.predict_all(method.predict_target, images)
-        target_feats = self.predict_all(lambda x: method.embed(x, "target"), images)
-        source = [None, None, None]
-        if data.source_val is not None:
-            val = data.source_val
-            source = [self.predict_all(method.predict, val.images[:SELECT_SAMPLES]),
-                      val.labels[:SELECT_SAMPLES],
-                      self.predict_all(lambda x: method.embed(x, "source"),
-                                       val.images[:SELECT_SAMPLES])]
-        return compute_validators(*source, target_logits, target_feats, seed=self.cfg.seed)
-
-    @torch.no_grad()
-    def test_features(self, n: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{domain: (features, labels)} of the first ``n`` test images of each domain."""
-        out = {}
-        for domain, split in (("source", self.data.source_test),
-                              ("target", self.data.target_test)):
-            feats = self.predict_all(lambda x, d=domain: self.method.embed(x, d),
-                                     split.images[:n])
-            out[domain] = (feats.flatten(1).cpu(), split.labels[:n].cpu())
-        return out
-
-    def save_embeddings(self, first=None, last=None) -> None:
-        """embeddings.npz for the before/after feature figure (da_train/plots.py); written at
-        the first evaluation (first = last) and rewritten at the end, so a resumed run keeps
-        its "before" without storing it in the checkpoint."""
-        from .plots import load_embeddings, save_embeddings
-
-        path = self.run_dir / EMBEDDINGS
-        if first is None:
-            old = load_embeddings(path) if path.exists() else None
-            first = {d: (old[f"first_{d}"], old[f"first_{d}_labels"]) for d in last} \
-                if old is not None else last
-        last = last or first
-        save_embeddings(path, **{f"{when}_{d}{suffix}": pair[d][i]
-                                 for when, pair in (("first", first), ("last", last))
-                                 for d in ("source", "target")
-                                 for i, suffix in ((0, ""), (1, "_labels"))})
-
-    @torch.no_grad()
-    def predict_all(self, predict, images: torch.Tensor) -> torch.Tensor:
-        """Logits for a whole split in large batches (no host sync)."""
-        bs = self.tcfg.eval_batch_size
-        return torch.cat([predict(self.data.eval_view(images[i: i + bs])).float()
-                          for i in range(0, len(images), bs)])
-
-    # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
-        """Everything needed to continue bit for bit, as tensors and plain containers (loads
-        with ``weights_only=True``)."""
-        state = {
-            "format": 2,
-            "method": self.method.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-            "step": self.step,
-            "phase_index": self.phase_index,
-            "samplers": {"source": self.source_sampler.state_dict(),
-                         "target": self.target_sampler.state_dict()},
-            "rng": rng_state(),
-            "last_eval": self.last_eval,
-            "last_selection": self.last_selection,
-            "target_confusion": self.target_confusion,
-            "eval_seconds": self.eval_seconds,
-            "wall_seconds": self.wall_seconds(),
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-        }
-        atomic_torch_save(state, self.run_dir / CHECKPOINT)
+        """checkpoint.pt: everything needed to continue bit for bit (da_train/checkpoints.py)."""
+        checkpoints.save_checkpoint(self)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore everything a checkpoint holds, so the run continues bit for bit."""
+        checkpoints.load_checkpoint(self, path)
 
     def wall_seconds(self) -> float:
         """Wall time of the run so far, summed over the processes of a resumed run."""
         return self.earlier_wall + (self.clock.wall() if self.clock else 0.0)
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Restore everything a checkpoint holds, so the run continues bit for bit."""
-        state = read_checkpoint(path, map_location=self.device)
-        self.method.load_state_dict(state["method"])
-        self.step = state["step"]
-        self._build_optimizers(state["phase_index"], fresh=False)
-        for key, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][key])
-            self.schedulers[key].load_state_dict(state["schedulers"][key])
-        self.source_sampler.load_state_dict(state["samplers"]["source"])
-        self.target_sampler.load_state_dict(state["samplers"]["target"])
-        set_rng_state(state["rng"])
-        self.last_eval = state["last_eval"]
-        self.last_selection = state.get("last_selection", {})
-        self.target_confusion = state.get("target_confusion")
-        self.eval_seconds = state["eval_seconds"]
-        self.earlier_wall = state.get("wall_seconds", 0.0)
-        self.purge_step = self.step + 1
-
-    # ------------------------------------------------------------------ the end
-    def finish(self, writer, wall: float) -> dict:
-        """results.json, the projector, the figures and the HParams entry; "completed"."""
-        self.method.eval()
-        features = self.test_features(SELECT_SAMPLES)
-        self.method.train()
-        results = self.results(wall)
-        results["proxy_a_distance"] = proxy_a_distance(features["source"][0],
-                                                       features["target"][0], seed=self.cfg.seed)
-        if self.tcfg.embed_samples:
-            n = self.tcfg.embed_samples // 2
-            last = {d: (f[:n], y[:n]) for d, (f, y) in features.items()}
-            self.add_embedding(writer, last)
-            self.save_embeddings(last=last)
-        if self.tcfg.figures:
-            self.add_figures(writer)
-        value, raw = objective(results, self.cfg.objective)
-        results["objective"] = {"name": self.cfg.objective, "score": raw, "maximised": value}
-        if is_oracle(self.cfg.objective):
-            results["oracle_selection"] = True  # chosen by target labels: da-report says so
-        writer.add_hparams(self.hparams(), {"hparam/target_acc": results["target_acc"],
-                                            "hparam/source_acc": results["source_acc"]},
-                           run_name=".", global_step=self.step)
-        writer.close()
-        write_json(self.run_dir / RESULTS, results)
-        self._status("completed")
-        return results
-
-    def hparams(self) -> dict:
-        """Method, pair and seed first, then every key the command line set (the swept keys
-        of a sweep); keys left at their defaults are the same in every run, so left out."""
-        chosen = {"method.name": self.cfg.method.name, "data.name": self.cfg.data.name,
-                  "seed": self.cfg.seed}
-        for key in (override_key(o) for o in self.overrides):
-            value = OmegaConf.select(self.cfg, key, default=None)
-            if key not in chosen and not key.startswith("hydra") and value is not None:
-                chosen[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-        return chosen
-
-    def add_embedding(self, writer, features: dict) -> None:
-        """Source + target test features in the TensorBoard projector (domain, class, image),
-        reduced to 32 dimensions by PCA so the run folder stays small."""
-        feats = torch.cat([features["source"][0], features["target"][0]])
-        meta = [[domain, str(int(y))] for domain in ("source", "target")
-                for y in features[domain][1]]
-        n = len(features["source"][0])
-        images = [thumbnails(split.images[:n]) for split in (self.data.source_test,
-                                                             self.data.target_test)]
-        if feats.shape[1] > 32 and feats.shape[0] > 32:
-            u, s, _ = torch.pca_lowrank(feats, q=32)
-            feats = u * s
-        label_img = torch.cat(images) if images[0] is not None else None
-        writer.add_embedding(feats, metadata=meta, label_img=label_img,
-                             metadata_header=["domain", "class"], global_step=self.step,
-                             tag="features")
-
-    def add_figures(self, writer) -> None:
-        """Accuracy curves, the confusion matrix and the before/after feature scatter in
-        TensorBoard's Images tab (``trainer.figures=true``)."""
-        from .plots import run_figures
-
-        for tag, fig in run_figures(self.run_dir, self.target_confusion.numpy(),
-                                    self.data.names()).items():
-            writer.add_figure(tag, fig, self.step)
-
-    def results(self, wall: float) -> dict:
-        return {
-            "status": "completed",
-            "method": self.cfg.method.name,
-            "data": self.cfg.data.name,
-            "seed": self.cfg.seed,
-            "oracle": self.method.needs_target_labels,
-            "source_acc": self.last_eval["source_acc"],
-            "target_acc": self.last_eval["target_acc"],
-            **{k: v for k, v in self.last_eval.items() if k not in ("source_acc", "target_acc")},
-            **({"target_confusion": self.target_confusion.tolist()}
-               if self.target_confusion is not None else {}),
-            "class_names": self.data.names(),
-            "sizes": self.data.sizes(),
-            "source_val": self.cfg.data.source_val,
-            "selection": self.last_selection,
-            "steps": self.step,
-            "phases": {p.name: p.steps for p in self.phases},
-            "wall_time_s": wall,
-            "eval_time_s": self.eval_seconds,
-            "steps_per_s": self.step / wall if wall > 0 else math.nan,
-            "device": str(self.device),
-            "device_name": device_name(self.device),
-            "versions": package_versions(),
-            "overrides": self.overrides,
-            "run_dir": str(self.run_dir),
-            # data_roots (resolved data/cache folders), skipped_images: set by data.load_pair
-            **getattr(self.data, "records", {}),
-        }
-
 
 # ---------------------------------------------------------------------------- helpers
 class Meter:
     """Running means of the logged training terms, kept on the device (no host sync), and
-    the first step at which a loss was not finite."""
+    the first step at which a loss was not finite.
+
+    The sums are accumulated in place (``add_``) into tensors that live as long as the meter
+    and are zeroed, not replaced, at each flush: a CUDA graph that captured :meth:`add` keeps
+    writing into the same tensors at every replay. The counts are host integers; a replay
+    does not run Python, so the graph step calls :meth:`count` with the keys its captured
+    body adds (:meth:`recording` collects them while it is captured)."""
 
     def __init__(self):
-        self.sums: dict[str, tuple] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, int] = {}
         self.first_bad: dict[str, torch.Tensor] = {}
+        self._recording: list[str] | None = None
 
-    def add(self, loss_key: str, out: StepOutput, batch: Batch, step: int) -> None:
+    def add(self, loss_key: str, out: StepOutput, batch: Batch, step) -> None:
         loss = out.loss.detach()
         logs = {loss_key: loss, **out.logs}
         if out.source_logits is not None:
             logs["source_acc"] = (out.source_logits.detach().argmax(1) == batch.ys).float().mean()
         for key, value in logs.items():
             value = value.detach().float() if torch.is_tensor(value) else float(value)
-            total, n = self.sums.get(key, (0.0, 0))
-            self.sums[key] = (total + value, n + 1)
+            total = self.sums.get(key)
+            if torch.is_tensor(total) and torch.is_tensor(value):
+                total.add_(value)
+            elif torch.is_tensor(value):  # 0.0 + value, as a tensor this meter keeps
+                self.sums[key] = torch.zeros_like(value).add_(value) if total is None \
+                    else torch.full_like(value, total).add_(value)
+            else:
+                self.sums[key] = (0.0 if total is None else total) + value
+        self.count(logs)
         flag = ~torch.isfinite(loss)
         bad = self.first_bad.get(loss_key)
-        self.first_bad[loss_key] = (torch.where(flag, step, 0) if bad is None
-                                    else torch.where(flag & (bad == 0), step, bad))
+        if bad is None:
+            self.first_bad[loss_key] = torch.where(flag, step, 0)
+        else:
+            bad.copy_(torch.where(flag & (bad == 0), step, bad))
+
+    def count(self, keys) -> None:
+        """One more value of each of ``keys`` in the current window."""
+        for key in keys:
+            self.counts[key] = self.counts.get(key, 0) + 1
+        if self._recording is not None:
+            self._recording.extend(keys)
+
+    @contextlib.contextmanager
+    def recording(self):
+        """The keys :meth:`add` counts inside the block (a captured step's keys)."""
+        self._recording = keys = []
+        try:
+            yield keys
+        finally:
+            self._recording = None
 
     def flush(self, checkpoint: Path) -> dict[str, float]:
         """The means since the last flush as floats (raises on a non-finite loss)."""
@@ -564,10 +413,15 @@ class Meter:
             raise NonFiniteLossError(
                 f"train/{key} became NaN or inf at step {step}; the run stopped and the last "
                 f"good checkpoint is kept in {checkpoint}. Lower optim.lr or the method's "
-                "weights (e.g. method.lam), or rerun with trainer.detect_anomaly=true to find "
+                "weights (e.g. method.weight), or rerun with trainer.detect_anomaly=true to find "
                 "the operation that produced it.")
-        record = {f"train/{k}": float(total / n) for k, (total, n) in self.sums.items()}
-        self.sums = {}
+        record = {f"train/{k}": float(self.sums[k] / n) for k, n in self.counts.items() if n}
+        for key, total in self.sums.items():  # a new window in the same tensors
+            if torch.is_tensor(total):
+                total.zero_()
+            else:
+                self.sums[key] = 0.0
+        self.counts = {}
         return record
 
 
@@ -610,16 +464,6 @@ class Clock:
                  + (f" target_acc={target:.4f}" if target is not None else ""))
 
 
-def require_plots() -> None:
-    """``trainer.figures=true`` needs matplotlib: fail before training, not at the end."""
-    from .plots import PlotsUnavailable, require_matplotlib
-
-    try:
-        require_matplotlib()
-    except PlotsUnavailable as err:
-        raise ConfigError(f"trainer.figures=true: {err}") from err
-
-
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -627,19 +471,3 @@ def _duration(seconds: float) -> str:
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
-
-def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor,
-                     num_classes: int) -> torch.Tensor:
-    """Counts[true, predicted]: shows *which* classes a method confuses, e.g. a target class
-    mapped onto the wrong source class by domain alignment (see docs/results.md)."""
-    flat = labels.long() * num_classes + predicted.long()
-    return torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes).cpu()
-
-
-def thumbnails(images: torch.Tensor) -> torch.Tensor | None:
-    """uint8 N x C x H x W images -> float RGB in [0, 1] for the projector's sprite (None for
-    inputs that are not images, e.g. vectors or signals)."""
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
-        return None
-    img = images.float().cpu() / 255.0
-    return img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img

@@ -17,6 +17,9 @@ one after the other:
    return a PIL image per sample, ``Compose([ToTensor(), Normalize(mean, std)])``, two
    shuffled ``DataLoader`` s (``--workers`` processes each) zipped together, a host->device
    copy per batch, then the same ``Trainer.optimise`` step as 2.
+4. ``graph_bound`` (CUDA only): the step body of 2 captured once as a CUDA graph and
+   replayed in a bare loop, the bound for ``trainer.cuda_graph=true`` (da_train/graph.py);
+   ``trainer_over_graph_bound`` is the trainer's share of it.
 
 Each is timed ``--repeats`` times over ``--steps`` steps after ``--warmup`` steps; the median
 is reported. One step is one source batch plus one target batch (``2 x --batch-size``
@@ -346,21 +349,62 @@ def rewind(trainer, trained: dict) -> None:
     trainer.step = last_from + round(trained["progress_warm_from"] * trained["phase"].steps)
 
 
-def measure_bound(args, cfg, data, device, trained: dict, mem: PeakMemory) -> dict:
+def fixed_batch(trainer, bs: int):
+    """The first ``bs`` source and target training images, normalised, on the device."""
     from da_train.methods import Batch
 
-    trainer = trained["trainer"]
-    bs, pair = args.batch_size, trainer.data
+    pair = trainer.data
     labels = pair.target_train_labels
-    batch = Batch(pair.train_view(pair.source_train.images[:bs]), pair.source_train.labels[:bs],
-                  pair.train_view(pair.target_train_images[:bs]),
-                  labels[:bs] if trainer.method.needs_target_labels else None)
+    return Batch(pair.train_view(pair.source_train.images[:bs]), pair.source_train.labels[:bs],
+                 pair.train_view(pair.target_train_images[:bs]),
+                 labels[:bs] if trainer.method.needs_target_labels else None)
+
+
+def measure_bound(args, cfg, data, device, trained: dict, mem: PeakMemory) -> dict:
+    trainer = trained["trainer"]
+    batch = fixed_batch(trainer, args.batch_size)
     rewind(trainer, trained)
     trainer.method.train()
 
     def run_steps(n: int, offset: int) -> None:
         for _ in range(n):
             trainer.train_step(batch)  # the trainer's own step on a fixed batch
+
+    mem.start()
+    rates, faults = timed_repeats(run_steps, device, args.warmup, args.steps, args.repeats)
+    return {"rates": rates, "memory": mem.stop(), "faults_per_step": faults}
+
+
+def measure_graph_bound(args, cfg, data, device, trained: dict, mem: PeakMemory) -> dict:
+    """CUDA only: the trainer's step body (``Trainer.run_updates``, every update of the last
+    phase with the fused, tensor-lr optimisers of the graph path) on one fixed batch,
+    captured once as a CUDA graph and replayed in a bare loop: no sampling, no schedule, no
+    host work at all between replays. What a graph-captured step can reach on this GPU."""
+    import torch
+
+    from da_train.graph import WARMUP
+
+    trainer = trained["trainer"]
+    batch = fixed_batch(trainer, args.batch_size)
+    rewind(trainer, trained)
+    trainer.method.train()
+    trainer.build_optimizers(trainer.phase_index, fresh=False, device_lr=True)
+    phase = trainer.phases[trainer.phase_index]
+    progress = torch.full((), trained["progress_warm_from"], dtype=torch.float64, device=device)
+    step = torch.full((), trainer.step + 1, dtype=torch.long, device=device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP):
+            trainer.run_updates(phase, batch, progress, step)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        trainer.run_updates(phase, batch, progress, step)
+
+    def run_steps(n: int, offset: int) -> None:
+        for _ in range(n):
+            graph.replay()
 
     mem.start()
     rates, faults = timed_repeats(run_steps, device, args.warmup, args.steps, args.repeats)
@@ -508,6 +552,11 @@ def run_bench(args) -> dict:
     bound = measure_bound(args, cfg, data, device, trained, mem)
     log(f"usual: PIL datasets + DataLoader ({args.workers} workers per domain)")
     usual = measure_usual(args, cfg, data, device, trained, mem)
+    measured = [("trainer", trained), ("bound", bound), ("usual", usual)]
+    if device.type == "cuda":
+        log("graph bound: the step body captured once as a CUDA graph, replayed bare")
+        measured.append(("graph_bound", measure_graph_bound(args, cfg, data, device, trained,
+                                                            mem)))
 
     per_step = 2 * args.batch_size
     out: dict = {
@@ -534,7 +583,7 @@ def run_bench(args) -> dict:
         "memory_kind": trained["memory"]["kind"],
         "per_repeat": {},
     }
-    for name, res in (("trainer", trained), ("bound", bound), ("usual", usual)):
+    for name, res in measured:
         rate = median(res["rates"])
         out[f"{name}_steps_per_s"] = rate
         out[f"{name}_samples_per_s"] = rate * per_step
@@ -545,6 +594,10 @@ def run_bench(args) -> dict:
                                    "samples_per_s": [r * per_step for r in res["rates"]]}
     out["trainer_over_bound"] = out["trainer_steps_per_s"] / out["bound_steps_per_s"]
     out["trainer_over_usual"] = out["trainer_steps_per_s"] / out["usual_steps_per_s"]
+    if "graph_bound_steps_per_s" in out:
+        out["trainer_over_graph_bound"] = (out["trainer_steps_per_s"]
+                                           / out["graph_bound_steps_per_s"])
+    out["cuda_graph"] = trained["trainer"].graph is not None
     out["eval_s"] = trained["eval_s"]
     out["eval_first_s"] = trained["eval_first_s"]
     out["eval_in_run_s"] = trained["eval_in_run_s"]
@@ -569,15 +622,20 @@ def print_report(out: dict) -> None:
           f"steps{tuned}\n")
     print(f"{'pipeline':<9} {'steps/s':>9} {'samples/s':>10} {'trainer/x':>10} "
           f"{'peak MB':>9} {'extra MB':>9} {'faults/step':>12}  per repeat (steps/s)")
-    for name in ("trainer", "bound", "usual"):
+    for name in ("trainer", "bound", "usual", "graph_bound"):
+        if f"{name}_steps_per_s" not in out:
+            continue
         rate = out[f"{name}_steps_per_s"]
         ratio = out["trainer_steps_per_s"] / rate
         reps = ", ".join(f"{r:.1f}" for r in out["per_repeat"][name]["steps_per_s"])
         print(f"{name:<9} {rate:>9.1f} {out[f'{name}_samples_per_s']:>10.0f} {ratio:>10.2f} "
               f"{out[f'{name}_peak_mem_mb']:>9.0f} {out[f'{name}_extra_mem_mb']:>9.0f} "
               f"{out[f'{name}_minor_faults_per_step']:>12.0f}  {reps}")
+    graph = (f", trainer/graph bound = {out['trainer_over_graph_bound']:.3f}"
+             if "trainer_over_graph_bound" in out else "")
     print(f"\ntrainer/bound = {out['trainer_over_bound']:.3f}, "
-          f"trainer/usual = {out['trainer_over_usual']:.2f}")
+          f"trainer/usual = {out['trainer_over_usual']:.2f}{graph} "
+          f"(trainer's step {'a CUDA graph' if out['cuda_graph'] else 'eager'})")
     print(f"memory: {out['memory_kind']}; faults/step: minor page faults of the bench process")
     load = out["load_avg_1min"]
     print(f"1-minute load average: {load['start']:.2f} at the start, {load['end']:.2f} at the "

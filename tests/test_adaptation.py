@@ -21,7 +21,7 @@ HARNESS = [
     ("dann", 1500, {"weight": 1.0}, 0.05),
     ("dann_ent", 1500, {}, 0.05),
     ("dann_pl", 1500, {}, 0.05),
-    ("self_training", 1500, {"weight": 1.0, "threshold": 0.9, "warmup_steps": 500}, 0.05),
+    ("self_training", 1500, {"weight": 1.0, "threshold": 0.9, "start": 1 / 3}, 0.05),
     ("adda", 1500, {"pretrain_steps": 1500, "adapt_steps": 1500}, 0.05),
     ("cdan", 1500, {"disc_hidden": [100, 100]}, 0.05),  # narrower than 500-500: faster
     ("cdan", 1500, {"disc_hidden": [100, 100], "entropy": True}, 0.05),  # CDAN+E

@@ -88,7 +88,7 @@ def test_uda_methods_never_read_target_training_labels(tmp_path):
         pair.target_train_labels = torch.zeros(600, dtype=torch.long).as_subclass(PoisonLabels)
         extra = {"pretrain_steps": 3, "adapt_steps": 3} if name == "adda" else {}
         if name == "self_training":
-            extra = {"warmup_steps": 0, "threshold": 0.0}
+            extra = {"start": 0.0, "threshold": 0.0}
         cfg = toy_config(name, steps=6, **extra)
         method = build_method(cfg.method, build_backbone("mlp", 2, (2,)), 2)
         results = Trainer(cfg, method, pair, tmp_path / name, torch.device("cpu")).fit()

@@ -74,7 +74,7 @@ def test_every_method_runs_on_both_pairs(tiny_root, tmp_path, method, data, tags
     if method == "adda":
         args += ["method.pretrain_steps=6", "method.adapt_steps=6"]
     if method == "self_training":
-        args += ["method.warmup_steps=4", "method.threshold=0.0"]
+        args += ["method.start=0.4", "method.threshold=0.0"]
     proc = da_train([*args, "trainer.embed_samples=0"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())

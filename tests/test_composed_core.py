@@ -77,6 +77,20 @@ def test_renamed_keys_still_work_with_one_deprecation_line(caplog):
     assert (ddc.method.ramp, ddc.method.weight) == ("sigmoid", 3.0)
 
 
+def test_self_trainings_warmup_steps_moves_to_start_as_a_fraction_of_training(caplog):
+    """warmup_steps counted steps; start, as the regularisers' start, is a fraction."""
+    cfg = compose_config(["method=self_training", "method.warmup_steps=2000",
+                          "trainer.steps=8000"])
+    with caplog.at_level(logging.WARNING):
+        validate(cfg)
+    assert cfg.method.start == 0.25 and cfg.method.warmup_steps is None
+    [line] = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert "method.warmup_steps" in line and "method.start" in line
+    assert "2000 / trainer.steps 8000 = 0.25" in line and "\n" not in line
+    with pytest.raises(da_train.errors.ConfigError, match=r"method\.warmup_steps=-5"):
+        validate(compose_config(["method=self_training", "method.warmup_steps=-5"]))
+
+
 def test_a_bad_value_in_a_presets_term_is_refused_naming_its_key():
     with pytest.raises(da_train.errors.ConfigError, match=r"method\.reg\.vat.*eps=-1"):
         validate(compose_config(["method=vada", "method.reg.vat.eps=-1"]))

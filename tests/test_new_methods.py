@@ -336,6 +336,35 @@ def test_dirtt_refines_on_target_only_against_a_periodically_refreshed_teacher(t
     assert not torch.equal(dirtt.teacher.classifier.weight, dirtt.backbone.classifier.weight)
 
 
+def test_dirtt_weights_carry_the_regularisers_names_and_weight_their_terms():
+    """entropy_weight, vat_weight, vat_source_weight (reg.entropy.weight, reg.vat.weight,
+    reg.vat.source_weight); the 0.1 names of VADA's weights are not DIRT-T keys."""
+    from hydra.errors import ConfigCompositionException
+
+    torch.manual_seed(0)
+    cfg = method_config("dirtt", entropy_weight=0.5, vat_weight=0.25, vat_source_weight=2.0,
+                        beta=4.0, eps=0.3)
+    dirtt = build_method(cfg, build_backbone("mlp", 2, (2,)), 2)
+    batch = toy_batch()
+    out = dirtt.training_step("model", batch, 0.5)  # phase 1: VADA
+    logs = out.logs
+    expected = (logs["loss_cls"] + logs["loss_transfer"] + 0.5 * logs["entropy"]
+                + 0.25 * logs["loss_vat_target"] + 2.0 * logs["loss_vat_source"])
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert logs["loss_vat_source"] > 0 and logs["loss_vat_target"] > 0
+    for param in dirtt.teacher.parameters():  # a teacher that disagrees: KL > 0
+        param.data.mul_(0.5)
+    refine = dirtt.training_step("model", type(batch)(None, None, batch.xt), 0.5)  # phase 2
+    logs = refine.logs
+    assert logs["loss_kl_teacher"] > 0
+    expected = (0.5 * logs["entropy"] + 0.25 * logs["loss_vat_target"]
+                + 4.0 * logs["loss_kl_teacher"])
+    assert refine.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for old in ("ent_weight", "vat_target", "vat_source"):
+        with pytest.raises(ConfigCompositionException, match=old):
+            compose_config(["method=dirtt", f"method.{old}=0.1"])
+
+
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28)])
 def test_dirtt_digits_backbone(shape):
     net = build_backbone("dirtt_digits", 10, shape)

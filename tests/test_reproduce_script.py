@@ -63,11 +63,23 @@ def test_usps_pairs_include_cdan_e_on_the_full_training_sets(commands):
         runs = [line for line in commands(pair, METHODS="cdan") if line.startswith("da-train")]
         [full] = [line for line in runs if f"cdan_{pair}_cdane_full" in line]
         assert "method.entropy=true data.source.limit=0 data.target.limit=0" in full
-        [code] = [line for line in runs if f"cdan_{pair}_cdane_code" in line]
-        epochs = 5 if pair == "mnist_usps" else 6  # the CDAN code halves the lr this often
-        assert "optim.schedule=step" in code and f"optim.step_every={epochs * 937} " in code
-        assert "trainer.steps=46850 " in code and "method.max_dim=5120 " in code
+        # the CDAN code's protocol is a preset of its own, run as one (it trains method=cdan)
+        [code] = [line for line in runs if f"experiment=cdan_code_{pair} " in line]
+        assert f"experiment=cdan_code_{pair} method=cdan seed=0,1,2 data.download=false" in code
+        assert f"hydra.sweep.dir=outputs/reproduce/{pair}/cdan_code_{pair} " in code + " "
         assert len(runs) == 3  # the preset, its full-set CDAN+E and the code's protocol
+
+
+def test_each_preset_runs_the_method_its_file_names(commands):
+    lines = [line for line in commands("mnist_usps", VARIANTS="0") if line.startswith("da-train")]
+    presets = sorted((ROOT / "da_train/conf/experiment").glob("*_mnist_usps.yaml"))
+    assert len(lines) == len(presets)
+    for path in presets:
+        method = next(line.split(":", 1)[1].strip() for line in path.read_text().splitlines()
+                      if line.strip().startswith("- override /method:"))
+        [line] = [r for r in lines if f"experiment={path.stem} " in r]
+        assert f"experiment={path.stem} method={method} seed=0,1,2 " in line
+        assert line.endswith(f"hydra.sweep.dir=outputs/reproduce/mnist_usps/{path.stem}")
 
 
 def test_methods_and_out_choose_the_presets_and_the_folder(commands):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +46,9 @@ def test_the_names_are_the_on_disk_contract():
         "results.json", "status.json", "metrics.jsonl")
     assert (runfiles.CHECKPOINT, runfiles.EMBEDDINGS, runfiles.TENSORBOARD,
             runfiles.CLI_LOG) == ("checkpoint.pt", "embeddings.npz", "tb", "cli.log")
-    assert (runfiles.HYDRA_DIR, runfiles.HYDRA_CONFIG, runfiles.HYDRA_OVERRIDES) == (
-        ".hydra", ".hydra/config.yaml", ".hydra/overrides.yaml")
+    assert (runfiles.HYDRA_DIR, runfiles.HYDRA_CONFIG, runfiles.HYDRA_OVERRIDES,
+            runfiles.RESOLVED_CONFIG) == (".hydra", ".hydra/config.yaml", ".hydra/overrides.yaml",
+                                          ".hydra/config_resolved.yaml")
     assert runfiles.RUN_MARKERS == ("status.json", "results.json", ".hydra/config.yaml")
     assert Path("run") / runfiles.HYDRA_OVERRIDES == Path("run", ".hydra", "overrides.yaml")
 
@@ -65,8 +67,35 @@ def test_plots_never_imports_report():
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
 
 
-def test_report_and_plots_name_run_files_through_the_constants():
-    sources = sorted((PACKAGE / "report").glob("*.py")) + [PACKAGE / "plots.py"]
-    literals = [f"{path.relative_to(PACKAGE)}:{line}: {value!r}" for path in sources
-                for line, value in code_strings(path) if value in RUN_FILE_NAMES]
-    assert literals == []
+def names_a_run_file(value: str) -> bool:
+    """The string is a run-file name, or a path that ends in one (``f"{sweep}/*/cli.log"``)."""
+    return value in RUN_FILE_NAMES or any(
+        re.search(rf"/{re.escape(name)}(?![\w.-])", value) for name in RUN_FILE_NAMES)
+
+
+#: Literals not yet replaced, in modules owned elsewhere: file -> names. Each must still be
+#: there (the test fails once it is gone, so the entry is removed with it).
+NOT_YET: dict[str, set[str]] = {}
+
+
+def test_no_module_spells_a_run_file_name_but_runfiles():
+    """Every module joins run-file names through the constants of da_train.runfiles: a
+    literal ``"status.json"`` or ``run_dir / ".hydra" / "overrides.yaml"`` elsewhere fails."""
+    found: dict[str, set[str]] = {}
+    where = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = str(path.relative_to(PACKAGE))
+        for line, value in code_strings(path) if name != "runfiles.py" else []:
+            if names_a_run_file(value):
+                found.setdefault(name, set()).add(value)
+                where.append(f"{name}:{line}: {value!r}")
+    new = [w for w in where if found[w.split(":")[0]] != NOT_YET.get(w.split(":")[0])]
+    assert new == [], "use the constants of da_train/runfiles.py"
+    assert {f: found.get(f) for f in NOT_YET} == NOT_YET, "a literal is gone: drop it from NOT_YET"
+
+
+def test_the_check_sees_literals_and_paths_but_not_prose():
+    assert names_a_run_file("status.json") and names_a_run_file(".hydra")
+    assert names_a_run_file("/*/cli.log`).") and names_a_run_file("/<job>/checkpoint.pt ")
+    assert not names_a_run_file("(it holds checkpoint.pt)")  # words in a message
+    assert not names_a_run_file("/results.json.bak") and not names_a_run_file("/tbx")

@@ -168,6 +168,7 @@ class DigitPairSpec:
     limit_seed: int = 0
     size: int = 0
     channels: int = 0
+    usps_frame: str = "resize"
 
     @property
     def domains(self) -> tuple[str, str]:
@@ -184,17 +185,32 @@ def pair_spec(cfg) -> DigitPairSpec:
     if cfg.name in FIXED_PAIRS:
         return FIXED_PAIRS[cfg.name]
     return DigitPairSpec(cfg.source.name, cfg.target.name, cfg.source.limit, cfg.target.limit,
-                         cfg.limit_seed, cfg.size, cfg.channels)
+                         cfg.limit_seed, cfg.size, cfg.channels,
+                         cfg.get("usps_frame", "resize"))
 
 
 # ---------------------------------------------------------------------------- common input
-def to_common(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+#: MNIST's digits sit in a 20x20 box centred in the 28x28 frame
+MNIST_BOX = 20 / 28
+
+
+def to_common(images: torch.Tensor, size: int, channels: int,
+              frame: str = "resize") -> torch.Tensor:
     """uint8 N x C x h x w -> uint8 N x ``channels`` x ``size`` x ``size``.
 
     A 28x28 MNIST digit going to 32 is zero-padded (as in mnist_mnistm), any other size change
     is a bilinear resize; 1 -> 3 channels repeats grey, 3 -> 1 averages (ITU-R 601 weights).
+    ``frame="pad"`` (USPS, whose digits fill their 16x16 frame): resize to the MNIST digit box
+    (``round(size * 20 / 28)``), then zero-pad to ``size``, so both domains share MNIST's
+    scale and margins.
     """
     h = images.shape[-1]
+    if frame == "pad":
+        box = round(size * MNIST_BOX)
+        images = to_common(images, box, images.shape[1])
+        before = (size - box) // 2
+        images = F.pad(images, (before, size - box - before, before, size - box - before))
+        h = size
     if h != size:
         if h == 28 and size == 32:
             images = F.pad(images, (2, 2, 2, 2))
@@ -236,7 +252,8 @@ def _domain(cfg, name: str, limit: int, spec: DigitPairSpec, size: int, channels
         s = DIGIT_DOMAINS[name](cfg, split, memo)
         if split == "train":  # sample first: only the kept images are converted
             s = limit_split(s, limit, spec.limit_seed + seed_offset)
-        out[split] = Split(to_common(s.images, size, channels), s.labels)
+        frame = spec.usps_frame if name == "usps" else "resize"
+        out[split] = Split(to_common(s.images, size, channels, frame), s.labels)
     return out
 
 

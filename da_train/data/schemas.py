@@ -113,8 +113,13 @@ class DigitPairConfig(Mnist0123Config):
     # Common input: 0 = automatic (28 x 28 grey for two grey domains, else 32 x 32 RGB).
     size: int = 0
     channels: int = 0
+    # How a 16x16 USPS digit (it fills its frame) reaches the common size: resize (bilinear
+    # to size x size, ADDA's) or pad (resized to the MNIST digit box, 20/28 of the frame, then
+    # zero-padded: a USPS digit then has MNIST's margins and scale). docs/results-notes.md.
+    usps_frame: str = "resize"
     rules: ClassVar[dict[str, Rule]] = {
         **Mnist0123Config.rules, "source.limit": _LIMIT, "target.limit": _LIMIT,
+        "usps_frame": one_of("resize", "pad"),
         "size": (lambda v: v == 0 or v >= 8, "0 (automatic) or a size >= 8 pixels"),
         "channels": (lambda v: v in (0, 1, 3), "0 (automatic), 1 or 3")}
 

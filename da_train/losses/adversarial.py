@@ -26,11 +26,19 @@ def grad_reverse(x: torch.Tensor, lam: float) -> torch.Tensor:
     return _ReverseGrad.apply(x, lam)
 
 
-def sigmoid_ramp(progress: float, lam: float = 1.0, gamma: float = 10.0) -> float:
+def sigmoid_ramp(progress, lam: float = 1.0, gamma: float = 10.0):
     """The DANN paper's ramp ``lam * (2 / (1 + exp(-gamma p)) - 1)`` from 0 (p=0) towards
     ``lam`` (p=1): DANN's GRL coefficient, and the weight ramp of target regularisers and of
     DDC's ``method.ramp``. Why ramp: early predictions and features are noise, so a full-weight
-    alignment or confidence term from step 0 can wreck them."""
+    alignment or confidence term from step 0 can wreck them.
+
+    ``progress`` is a Python float (eager steps: a float result, as before) or a 0-d float64
+    tensor on the device (the CUDA-graph step, where progress is updated in place between
+    replays): then the same formula in float64 tensor ops, no read back to the host, returned
+    as a float32 0-d tensor: the value a float32 loss or gradient is multiplied by in the
+    eager step too (a float64 0-d tensor would promote a 0-d float32 loss to float64)."""
+    if isinstance(progress, torch.Tensor):
+        return (lam * (2.0 / (1.0 + torch.exp(-gamma * progress)) - 1.0)).float()
     return lam * (2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0)
 
 

@@ -60,6 +60,7 @@ class ADDA(Method):
     """``trainer.steps`` is not used: the run lasts ``pretrain_steps + adapt_steps``."""
 
     Config = AddaConfig
+    capturable = True
     # pre-training and the target encoder's update; never the discriminator's
     regularized_updates = ("model", "encoder")
 

@@ -64,6 +64,13 @@ class Batch:
     target_index: torch.Tensor | None = None
 
 
+#: ``Phase.refresh_every`` for "once per epoch of the target training set": the trainer calls
+#: :meth:`Method.refresh` at the phase's start and then every ``ceil(target training images /
+#: trainer.batch_size)`` steps of the phase, the batches of one pass over the target set
+#: (SHOT's per-epoch centroid pseudo-labels).
+EVERY_TARGET_EPOCH = "target_epoch"
+
+
 @dataclass
 class Phase:
     """A stretch of training with its own optimisers (e.g. ADDA's pre-training and adaptation)."""
@@ -78,8 +85,9 @@ class Phase:
     #: sampled and ``batch.xs`` / ``batch.ys`` are None, so no source image can be read.
     source: bool = True
     #: Call :meth:`Method.refresh` at the start of the phase and every this many steps of it
-    #: (0: never), e.g. SHOT's per-epoch centroid pseudo-labels, DIRT-T's teacher refresh.
-    refresh_every: int = 0
+    #: (0: never), e.g. DIRT-T's teacher refresh; or :data:`EVERY_TARGET_EPOCH`: once per
+    #: epoch of the target training set, e.g. SHOT's centroid pseudo-labels.
+    refresh_every: int | str = 0
 
 
 @dataclass
@@ -127,6 +135,13 @@ class Method(nn.Module):
     #: would not forward the target batch (source_only) then forwards both domains in one pass
     #: (shared normalisation statistics; what ``method=mcc`` / ``bnm`` compute).
     target_outputs: bool = False
+    #: Whether the step can run as a CUDA graph (``trainer.cuda_graph``, da_train/graph.py):
+    #: everything in ``training_step`` / ``after_update`` stays on the device (no ``.item()``,
+    #: no ``if`` on a tensor, no boolean-mask indexing; ``progress`` may be a 0-d device
+    #: tensor) and state that ``refresh`` or ``start_phase`` changes is updated in place. A
+    #: new method starts eager (False); set True once tests/test_graph.py's host-sync guard
+    #: passes for it (it runs every registered method).
+    capturable: bool = False
 
     def __init__(self, cfg, backbone: nn.Module, num_classes: int):
         super().__init__()

@@ -59,6 +59,7 @@ class CdanConfig(MethodConfig):
 
 class CDAN(Method):
     Config = CdanConfig
+    capturable = True
 
     def __init__(self, cfg, backbone, num_classes):
         super().__init__(cfg, backbone, num_classes)

@@ -42,6 +42,7 @@ class CoralConfig(MethodConfig):
 
 class CORAL(Method):
     Config = CoralConfig
+    capturable = True
 
     def training_step(self, update, batch, progress):
         feats, source_logits, target_logits = self.joint_forward(batch)

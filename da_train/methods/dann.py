@@ -29,6 +29,7 @@ class DannConfig(MethodConfig):
 
 class DANN(Method):
     Config = DannConfig
+    capturable = True
 
     def __init__(self, cfg, backbone, num_classes):
         super().__init__(cfg, backbone, num_classes)

@@ -75,6 +75,7 @@ class DdcConfig(MethodConfig):
 
 class DDC(Method):
     Config = DdcConfig
+    capturable = True
 
     def training_step(self, update: str, batch: Batch, progress: float) -> StepOutput:
         cfg = self.cfg

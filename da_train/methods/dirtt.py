@@ -2,13 +2,13 @@
 & Ermon, "A DIRT-T Approach to Unsupervised Domain Adaptation", ICLR 2018).
 
 1. ``vada`` (``method.vada_share`` of ``trainer.steps``): VADA,
-   ``CE(source) + L_domain + ent_weight H(target) + vat_target VAT(target)
-   + vat_source VAT(source)``: DANN's gradient-reversal domain loss
+   ``CE(source) + L_domain + entropy_weight H(target) + vat_weight VAT(target)
+   + vat_source_weight VAT(source)``: DANN's gradient-reversal domain loss
    (:meth:`DANN.dann_step`), the conditional entropy of the target predictions and virtual
    adversarial training (:mod:`da_train.losses.vat`).
 2. ``refine`` (the rest; source-free: no source batch is sampled): the target is refined
-   alone, ``ent_weight H(target) + vat_target VAT(target) + beta KL(teacher || student)``, the
-   teacher a frozen copy of the network (a submodule, so it is checkpointed) taken at the
+   alone, ``entropy_weight H(target) + vat_weight VAT(target) + beta KL(teacher || student)``,
+   the teacher a frozen copy of the network (a submodule, so it is checkpointed) taken at the
    start of the phase and again every ``method.teacher_every`` steps: each stretch solves the
    paper's proximal problem around the previous solution. The teacher predicts in evaluation
    mode (no dropout or noise).
@@ -19,9 +19,11 @@ DIRT-T / VADA without instance normalisation); SVHN -> MNIST VADA 94.5, DIRT-T 9
 source-only 59.9 (MNIST -> MNIST-M, instance-normalised). The paper tuned its weights with
 1,000 labelled target images; no MNIST <-> USPS number.
 
-Weights (the authors' code defaults): domain 0.01 (``method.weight``), source VAT 1, target
-entropy and target VAT 0.01, beta 0.01, VAT radius 3.5; Adam lr 1e-3, beta1 0.5, batch 64
-(the presets).
+Weights (the authors' code defaults): domain 0.01 (``method.weight``), source VAT 1
+(``vat_source_weight``), target entropy and target VAT 0.01 (``entropy_weight``,
+``vat_weight``; named as the regularisers' ``reg.entropy.weight``, ``reg.vat.weight``,
+``reg.vat.source_weight``), beta 0.01, VAT radius 3.5; Adam lr 1e-3, beta1 0.5, batch 64 (the
+presets).
 
 Deviations: the domain term is DANN's gradient reversal (coefficient ramped to ``weight`` with
 DANN's ``2 / (1 + exp(-gamma p)) - 1``) instead of the code's separately trained GAN
@@ -50,16 +52,16 @@ from .dann import DANN, DannConfig
 @dataclass
 class DirttConfig(DannConfig):
     weight: float = 0.01  # domain weight (final gradient-reversal coefficient), the code's
-    ent_weight: float = 0.01  # target conditional entropy (both phases)
-    vat_target: float = 0.01  # VAT on the target batch (both phases)
-    vat_source: float = 1.0  # VAT on the source batch (phase 1)
+    entropy_weight: float = 0.01  # target conditional entropy (both phases)
+    vat_weight: float = 0.01  # VAT on the target batch (both phases)
+    vat_source_weight: float = 1.0  # VAT on the source batch (phase 1)
     eps: float = 3.5  # VAT radius (L2 norm of the perturbation of one input)
     xi: float = 1e-2  # VAT probe distance of the power iteration
     beta: float = 0.01  # weight of KL(teacher || student) in the refinement
     vada_share: float = 0.5  # share of trainer.steps for phase 1 (VADA)
     teacher_every: int = 500  # refinement steps between teacher refreshes
-    rules = {**DannConfig.rules, "ent_weight": NONNEG, "vat_target": NONNEG,
-             "vat_source": NONNEG, "eps": POSITIVE, "xi": POSITIVE, "beta": NONNEG,
+    rules = {**DannConfig.rules, "entropy_weight": NONNEG, "vat_weight": NONNEG,
+             "vat_source_weight": NONNEG, "eps": POSITIVE, "xi": POSITIVE, "beta": NONNEG,
              "vada_share": (lambda v: 0 < v < 1, "a number in (0, 1)"),
              "teacher_every": (lambda v: v >= 1, "a whole number >= 1")}
     renamed = {}  # a new method: no old spellings
@@ -103,8 +105,8 @@ class DIRTT(DANN):
             entropy = mean_entropy(target_logits)
             vat_t = vat_loss(self.predict, batch.xt, target_logits, cfg.eps, cfg.xi)
             vat_s = vat_loss(self.predict, batch.xs, out.source_logits, cfg.eps, cfg.xi)
-            loss = (out.loss + cfg.ent_weight * entropy + cfg.vat_target * vat_t
-                    + cfg.vat_source * vat_s)
+            loss = (out.loss + cfg.entropy_weight * entropy + cfg.vat_weight * vat_t
+                    + cfg.vat_source_weight * vat_s)
             return StepOutput(loss, {**out.logs, "entropy": entropy.detach(),
                                      "loss_vat_target": vat_t.detach(),
                                      "loss_vat_source": vat_s.detach()},
@@ -115,7 +117,7 @@ class DIRTT(DANN):
         vat_t = vat_loss(self.predict, batch.xt, logits, cfg.eps, cfg.xi)
         teacher = self.teacher.classifier(self.teacher.features(batch.xt)).detach()
         kl = kl_to_teacher(teacher, logits)
-        loss = cfg.ent_weight * entropy + cfg.vat_target * vat_t + cfg.beta * kl
+        loss = cfg.entropy_weight * entropy + cfg.vat_weight * vat_t + cfg.beta * kl
         return StepOutput(loss, {"entropy": entropy.detach(), "loss_vat_target": vat_t.detach(),
                                  "loss_kl_teacher": kl.detach(),
                                  "feature_norm": feats.detach().norm(dim=1).mean()},

@@ -54,6 +54,7 @@ def _reinitialise(module: torch.nn.Module) -> None:
 
 class MCD(Method):
     Config = McdConfig
+    capturable = True
     regularized_updates = ("source",)
 
     def __init__(self, cfg, backbone, num_classes):

@@ -76,6 +76,7 @@ class MeanTeacherConfig(MethodConfig):
 
 class MeanTeacher(Method):
     Config = MeanTeacherConfig
+    capturable = True
 
     def __init__(self, cfg, backbone, num_classes):
         super().__init__(cfg, backbone, num_classes)

@@ -46,7 +46,6 @@ Deviations from the paper's protocol:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +56,8 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from ..errors import NONNEG, ConfigError
 from ..losses.shot import centroid_pseudo_labels, information_maximisation
-from .base import Method, MethodConfig, Phase, StepOutput
+from ..runfiles import CHECKPOINT
+from .base import EVERY_TARGET_EPOCH, Method, MethodConfig, Phase, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -98,26 +98,25 @@ class SHOT(Method):
     """``backbone.classifier`` becomes the :class:`ShotHead`; the hypothesis is its ``fc``."""
 
     Config = ShotConfig
+    capturable = True
 
     def __init__(self, cfg, backbone, num_classes):
         super().__init__(cfg, backbone, num_classes)
         backbone.classifier = ShotHead(self.feature_dim, cfg.bottleneck, num_classes)
         # per target training image: its current pseudo-label (sized at the first refresh)
         self.register_buffer("pseudo_labels", torch.zeros(0, dtype=torch.long))
-        # steps trained with the current pseudo-labels, and the target batch size (resume)
-        self.register_buffer("pl_age", torch.zeros((), dtype=torch.long))
-        self.register_buffer("pl_batch", torch.zeros((), dtype=torch.long))
         # whether the adaptation phase has started (such a model is no source model)
         self.register_buffer("adapted", torch.tensor(False))
         # the step of the source run the weights come from (results: source_model_step)
         self.register_buffer("source_step", torch.zeros((), dtype=torch.long))
-        self._due, self._age, self._batch = False, None, None
         if cfg.source_ckpt:
             self._load_source_model(cfg.source_ckpt)
 
     # ------------------------------------------------------------------ schedule
     def phases(self, steps):
-        adapt = Phase("adapt", steps, source=False, refresh_every=self.cfg.refresh_every or 1)
+        # the pseudo-labels: at the phase's start, then per target epoch or every N steps
+        refresh = 0 if self.cfg.beta == 0 else self.cfg.refresh_every or EVERY_TARGET_EPOCH
+        adapt = Phase("adapt", steps, source=False, refresh_every=refresh)
         if self.cfg.source_ckpt:
             return [adapt]
         source = self._source_len = max(1, round(self.cfg.source_share * steps))
@@ -139,28 +138,14 @@ class SHOT(Method):
             if not self.cfg.source_ckpt:
                 self.source_step.fill_(self._source_len)  # the final step of phase 1
             self.adapted.fill_(True)
-            self._due = True
 
     # ------------------------------------------------------------------ pseudo-labels
     def refresh(self, phase, target):
-        """Centroid pseudo-labels of every target training image, at the phase's start and
-        then once per target epoch (the trainer asks every step; this counts) or every
-        ``refresh_every`` steps."""
-        if phase.name != "adapt" or self.cfg.beta == 0:
-            return
-        if self.cfg.refresh_every:  # the trainer calls exactly when due
-            self._compute_labels(target)
-            return
-        if self._age is None:  # first call of this process: a fresh phase, or a resume
-            self._age = int(self.pl_age)
-            self._batch = self._batch or int(self.pl_batch) or None
-        epoch = math.ceil(len(target) / self._batch) if self._batch else None
-        if self._due or self.pseudo_labels.numel() == 0 or (epoch and self._age >= epoch):
-            self._compute_labels(target)
-            self._due, self._age = False, 0
-        self._age += 1
-        self.pl_age.fill_(self._age)
-        self.pl_batch.fill_(self._batch or 0)
+        """Centroid pseudo-labels of every target training image. The trainer calls it when
+        the adaptation phase asks (its ``refresh_every``): at the phase's start, then once
+        per target epoch or every ``method.refresh_every`` steps; never with ``beta=0``. The
+        labels are a buffer, so a resumed run continues with the saved ones."""
+        self._compute_labels(target)
 
     def _compute_labels(self, target) -> None:
         head = self.backbone.classifier
@@ -171,13 +156,19 @@ class SHOT(Method):
             return torch.cat([z, head.fc(z)], 1).float()
 
         out = target.map(outputs)
-        self.pseudo_labels = centroid_pseudo_labels(out[:, :width], out[:, width:])
+        labels = centroid_pseudo_labels(out[:, :width], out[:, width:])
+        if self.pseudo_labels.shape == labels.shape:  # in place: a CUDA graph reads this
+            self.pseudo_labels.copy_(labels)  # tensor at every replay
+        else:
+            self.pseudo_labels = labels
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "pseudo_labels"
         if key in state_dict:  # sized by the target set: take the checkpoint's size
             self.pseudo_labels = torch.empty_like(state_dict[key],
                                                   device=self.pseudo_labels.device)
+        for old in ("pl_age", "pl_batch"):  # refresh counters of older checkpoints: the
+            state_dict.pop(prefix + old, None)  # trainer now counts from the step
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ training
@@ -186,7 +177,6 @@ class SHOT(Method):
             logits = self.predict(batch.xs)
             loss = F.cross_entropy(logits, batch.ys, label_smoothing=self.cfg.smoothing)
             return StepOutput(loss, {"loss_cls": loss.detach()}, source_logits=logits)
-        self._batch = len(batch.xt)  # a shape, no host sync
         feats = self.backbone.features(batch.xt)
         logits = self.backbone.classifier(feats)
         im, logs = information_maximisation(logits)
@@ -214,7 +204,7 @@ class SHOT(Method):
         from ..runtime import read_checkpoint
 
         path = Path(where).expanduser()
-        path = path / "checkpoint.pt" if path.is_dir() else path
+        path = path / CHECKPOINT if path.is_dir() else path
         if not path.is_file():
             raise ConfigError(
                 f"method.source_ckpt={where}: no checkpoint there ({path} does not exist). "

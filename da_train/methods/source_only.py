@@ -15,6 +15,8 @@ from .base import Method, StepOutput
 class SourceOnly(Method):
     """No options: its config is the base schema (``method.name`` only)."""
 
+    capturable = True
+
     def training_step(self, update, batch, progress):
         if not self.target_outputs:
             logits = self.predict(batch.xs)

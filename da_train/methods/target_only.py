@@ -13,6 +13,7 @@ from .base import Method, StepOutput
 
 
 class TargetOnly(Method):
+    capturable = True
     needs_target_labels = True
 
     def training_step(self, update, batch, progress):

@@ -1,7 +1,8 @@
 """Which overrides make a run a *variant*: the key that puts runs in the same table row.
 
-Runs of one method and data that differ only by seed and bookkeeping (paths, device, resume,
-``hydra.*``) are one configuration; the remaining overrides, sorted, are its ``variant``.
+Runs of one method and data that differ only by seed and bookkeeping (paths, device, threads,
+resume, ``hydra.*``) are one configuration; the remaining overrides, sorted, are its
+``variant``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from ..errors import override_key
 BOOKKEEPING_KEYS = {
     "seed", "method", "data", "data.root", "data.cache_root", "data.mnistm_dir",
     "data.download", "trainer.device", "trainer.resume",
+    # how many CPU threads ran it: like the device, it moves only float rounding
+    "trainer.threads",
 }
 
 
