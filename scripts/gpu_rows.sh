@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The results rows of issue 33 that a 2-core CPU cannot carry (measured there, one thread per
-# run: DIRT-T's network 0.3 steps/s, i.e. 9 hours per 10,000-step run; MCD 1.6 steps/s;
-# mean teacher 2.3 steps/s at batch 256; the CDAN code's 46,850 steps, 73 minutes), as
-# da-train sweeps on one GPU, several runs packed on it with the joblib launcher.
+# run, two runs side by side: DIRT-T's network 0.3 steps/s, i.e. 9 hours per 10,000-step run;
+# MCD 4 steps/s and mean teacher 3.5-4.5 steps/s at batch 256, 40-50 minutes per run; the
+# CDAN code's 46,850 steps, 73 minutes), as da-train sweeps on one GPU, several runs packed
+# on it with the joblib launcher.
 #
 # On a machine prepared by scripts/gpu_prepare.sh (carry gpu_carry/), from the repo root:
 #   bash scripts/gpu_rows.sh                       every group, in the order below
 #   bash scripts/gpu_rows.sh dirtt_mnistm mcd      only these groups
 # Environment: BUDGET_S (default 480): no group starts after this many seconds, and a running
-# group is stopped at it (its finished runs are kept; an unfinished run resumes with the same
-# command, trainer.resume=auto being the default); JOBS (default 8) runs at a time;
+# group is stopped at it (its finished runs are kept; its unfinished runs are lost, since
+# checkpoints do not come back: run that group again); JOBS (default 8) runs at a time;
 # STEPS (unset) overrides trainer.steps for a smoke test.
 # Writes rows.tar.gz into $OUT (else ./gpu_check_out): each run folder's results.json,
 # status.json, metrics.jsonl, cli.log and .hydra/ (no checkpoints, events or embeddings).
