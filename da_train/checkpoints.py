@@ -9,7 +9,9 @@ Both take the :class:`~da_train.trainer.Trainer` (they read and set its ``method
 Format 2 holds tensors and plain containers only, so it loads with ``weights_only=True``:
 
 - ``method``: the method's state dict (model, heads, buffers such as pseudo-labels);
-- ``optimizers`` / ``schedulers``: the current phase's, by update name; ``phase_index``;
+- ``optimizers`` / ``schedulers``: the current phase's, by optimiser name
+  (``Method.optimizers_for``: an update's name unless the method shares optimisers);
+  ``phase_index``;
 - ``step``; ``samplers``: ``{"source": ..., "target": ...}`` (a few integers each);
 - ``rng``: the Python, NumPy, torch and CUDA random states
   (:func:`da_train.runtime.rng_state`);
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .errors import ConfigError
 from .runfiles import CHECKPOINT
 from .runtime import atomic_torch_save, read_checkpoint, rng_state, set_rng_state
 
@@ -68,6 +71,13 @@ def load_checkpoint(trainer, path: Path) -> None:
     trainer.method.load_state_dict(state["method"])
     trainer.step = state["step"]
     trainer.build_optimizers(state["phase_index"], fresh=False)
+    if set(trainer.optimizers) != set(state["optimizers"]):
+        raise ConfigError(
+            f"{path} holds the optimisers {sorted(state['optimizers'])}, but this version of "
+            f"da-train builds {sorted(trainer.optimizers)} for this method and phase: the "
+            "checkpoint was written by another version (e.g. MCD, whose optimisers became one "
+            "per network). Start the run afresh (a new run folder), or resume it with the "
+            "da-train version that wrote it.")
     for key, opt in trainer.optimizers.items():
         opt.load_state_dict(state["optimizers"][key])
         trainer.schedulers[key].load_state_dict(state["schedulers"][key])

@@ -105,8 +105,9 @@ class Trainer:
         self.target_epoch_steps = math.ceil(self.target_sampler.n / bs)
         self.step = 0
         self.phase_index = -1
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}  # by name (optimizers_for)
         self.schedulers: dict = {}
+        self.update_optimizers: dict[str, list[torch.optim.Optimizer]] = {}  # by update
         self.meter = Meter()
         self.regs = build_regularizers(merged_reg_config(cfg))
         self.method.target_outputs = bool(self.regs)
@@ -239,13 +240,16 @@ class Trainer:
         if fresh:
             self.method.start_phase(phase)
         base = OmegaConf.to_container(self.cfg.optim, resolve=True)
+        names = {update: self.method.optimizers_for(phase, update)
+                 for update in dict.fromkeys(phase.updates)}  # a repeated update: same ones
         self.optimizers, self.schedulers = {}, {}
-        for update in dict.fromkeys(phase.updates):  # a repeated update shares its optimiser
-            settings = {**base, **self.method.optim_overrides(phase, update)}
-            opt = build_optimizer(self.method.parameters_for(phase, update), settings,
+        for name in dict.fromkeys(n for ns in names.values() for n in ns):
+            settings = {**base, **self.method.optim_overrides(phase, name)}
+            opt = build_optimizer(self.method.parameters_for(phase, name), settings,
                                   device_lr=device_lr)
-            self.optimizers[update] = opt
-            self.schedulers[update] = build_scheduler(opt, settings, phase.steps)
+            self.optimizers[name] = opt
+            self.schedulers[name] = build_scheduler(opt, settings, phase.steps)
+        self.update_optimizers = {u: [self.optimizers[n] for n in ns] for u, ns in names.items()}
         self.phase_index = index
 
     def sample(self, phase: Phase) -> Batch:
@@ -278,10 +282,12 @@ class Trainer:
                 out.logs.update(reg_logs)
         if self.step + 1 == self.cfg.debug.inject_nan_at:
             out.loss = out.loss * float("nan")
-        optimizer = self.optimizers[update]
-        optimizer.zero_grad(set_to_none=True)
+        optimizers = self.update_optimizers[update]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
         return out
 
     def watch_collapse(self, record: dict) -> None:
@@ -295,7 +301,7 @@ class Trainer:
                                 f"checkpoint is kept in {self.run_dir / CHECKPOINT}.")
 
     def _loss_key(self, update: str) -> str:
-        return "loss" if len(self.optimizers) == 1 else f"loss_{update}"
+        return "loss" if len(self.update_optimizers) == 1 else f"loss_{update}"
 
     def phase_ends(self) -> bool:
         """True at the last step of a phase that is not the last (e.g. end of ADDA stage 1)."""
@@ -308,10 +314,11 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / TENSORBOARD), purge_step=self.purge_step)
 
     def lr_record(self) -> dict[str, float]:
-        """The current learning rates, from the schedules (host floats, no device read)."""
+        """The current learning rates, from the schedules (host floats, no device read), one
+        per optimiser: ``train/lr``, or ``train/lr_<optimiser name>`` when there are several."""
         single = len(self.optimizers) == 1
-        return {"train/lr" if single else f"train/lr_{update}": self.schedulers[update].lrs()[0]
-                for update in self.optimizers}
+        return {"train/lr" if single else f"train/lr_{name}": self.schedulers[name].lrs()[0]
+                for name in self.optimizers}
 
     def write_record(self, writer, metrics_file, record: dict) -> None:
         for key, value in record.items():

@@ -113,8 +113,8 @@ def main() -> int:
             extra = [e.replace("{cache}", str(cache)) for e in args.extra]
             out[name] = run_one(repo, overrides, Path(tmp) / name.replace("=", "_"), cache, extra)
             print(name, out[name].get("target_acc", out[name].get("error")), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+            if args.out:  # after every job, so an interrupted run keeps what it has
+                args.out.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     return 0
 
 

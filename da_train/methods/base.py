@@ -77,9 +77,9 @@ class Phase:
 
     name: str
     steps: int
-    #: One optimiser each, stepped in this order every step; a name may repeat (MCD's
-    #: extractor update runs num_k times per step); each optimiser's lr schedule steps once
-    #: per step.
+    #: Run in this order every step, each with its optimisers (one of its own unless
+    #: ``Method.optimizers_for`` says otherwise); a name may repeat (MCD's extractor update
+    #: runs num_k times per step); each optimiser's lr schedule steps once per step.
     updates: tuple[str, ...] = ("model",)
     #: False: a source-free phase (SHOT's adaptation, DIRT-T's refinement): no source batch is
     #: sampled and ``batch.xs`` / ``batch.ys`` are None, so no source image can be read.
@@ -157,14 +157,24 @@ class Method(nn.Module):
         """The training phases; by default one phase of ``trainer.steps`` steps."""
         return [Phase("train", steps)]
 
-    def parameters_for(self, phase: Phase, update: str):
-        """Parameters the optimiser of ``update`` in ``phase`` may change (default: all)."""
+    def optimizers_for(self, phase: Phase, update: str) -> tuple[str, ...]:
+        """The names of the optimisers that ``update`` steps (default: one of its own, named
+        after the update). Updates that name the same optimiser share it, Adam's moments
+        included: MCD has one optimiser per network, as in its authors' code, so its source
+        update steps the extractor's and the classifiers' optimisers and its generator update
+        the extractor's. Each name gets ``parameters_for(phase, name)`` and
+        ``optim_overrides(phase, name)``; an update steps its optimisers in this order, after
+        one backward pass."""
+        return (update,)
+
+    def parameters_for(self, phase: Phase, name: str):
+        """Parameters the optimiser ``name`` of ``phase`` may change (default: all); ``name``
+        is an update's name unless :meth:`optimizers_for` says otherwise."""
         return self.parameters()
 
-    def optim_overrides(self, phase: Phase, update: str) -> dict:
-        """Optimiser settings that replace the ``optim`` group's for this update (default none).
-
-        ADDA uses it for the paper's Adam settings in the adversarial stage.
+    def optim_overrides(self, phase: Phase, name: str) -> dict:
+        """Optimiser settings that replace the ``optim`` group's for the optimiser ``name``
+        (default none). ADDA uses it for the paper's Adam settings in the adversarial stage.
         """
         return {}
 
